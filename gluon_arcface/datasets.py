@@ -1,0 +1,335 @@
+"""Face datasets on disk: ``property``, identity folders, RecordIO, and the chapter's loader.
+
+A dataset folder holds ``property`` (``num_classes,H,W``), the training images either as
+``%08d`` identity folders of JPEGs or as ``train.rec`` + ``train.idx``, and verification
+``<target>.bin`` files. Items are ``(image, label)``: an RGB uint8 HWC ``mxnet.np`` array and an
+int class id.
+"""
+import os
+import random
+import threading
+
+import numpy as np
+from mxnet import gluon
+from mxnet import np as mnp
+
+from .binfile import decode_image, load_bin
+from .errors import FaceDataError
+from .recordio import RecordReader
+
+__all__ = ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
+           'FaceTrainTransform', 'load_data_face_rec', 'list_val_targets', 'IMAGE_EXTENSIONS']
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+def read_facerec_meta(data_dir):
+    """Read ``data_dir/property`` -> ``((H, W), num_classes)``.
+
+    The first line is ``num_classes,H,W``; a second line, when present, holds the image count.
+    """
+    path = os.path.join(data_dir, 'property')
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise FaceDataError(path, 'property file not found; it holds "num_classes,height,width" '
+                            '(e.g. "300,112,112")') from None
+    except UnicodeDecodeError:
+        raise FaceDataError(path, 'expected a text line "num_classes,height,width"') from None
+    first = lines[0].strip() if lines else ''
+    try:
+        num_classes, height, width = (int(v) for v in first.split(','))
+        if min(num_classes, height, width) <= 0:
+            raise ValueError
+    except ValueError:
+        raise FaceDataError(path, 'expected "num_classes,height,width" with positive integers, '
+                            'got %r' % first[:80], line=1) from None
+    return (height, width), num_classes
+
+
+def write_property(data_dir, num_classes, image_size, num_images=None):
+    """Write ``data_dir/property``: ``num_classes,H,W`` and optionally the image count."""
+    text = '%d,%d,%d\n' % (num_classes, image_size[0], image_size[1])
+    if num_images is not None:
+        text += '%d\n' % num_images
+    path = os.path.join(data_dir, 'property')
+    tmp = path + '.tmp-%d' % os.getpid()
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _FaceDataset(gluon.data.Dataset):
+    """Shared checks of both layouts: label range, image size, optional skipping of bad images."""
+
+    def __init__(self, num_classes=None, image_size=None, skip_bad=False):
+        self.num_classes = num_classes
+        self.image_size = tuple(image_size) if image_size else None
+        self.skip_bad = skip_bad
+        self.skipped = []  # (source, record, reason) of images skipped with skip_bad
+        self._lock = threading.Lock()
+
+    def _check_label(self, label, source, record):
+        if self.num_classes is not None and not 0 <= label < self.num_classes:
+            raise FaceDataError(source, 'label %d is outside [0, %d) given by property'
+                                % (label, self.num_classes), record=record)
+
+    def _check_size(self, img, source, record):
+        if self.image_size is not None and img.shape[:2] != self.image_size:
+            raise FaceDataError(source, 'image is %dx%d, property says %dx%d (HxW); re-align the '
+                                'images or fix property' % (img.shape[0], img.shape[1],
+                                                            *self.image_size), record=record)
+
+    def _load(self, idx):
+        raise NotImplementedError
+
+    def __getstate__(self):  # locks do not cross process boundaries
+        state = self.__dict__.copy()
+        del state['_lock']
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __getitem__(self, idx):
+        if not self.skip_bad:
+            img, label = self._load(idx)
+            return mnp.array(img, dtype='uint8'), label
+        # With skip_bad, an undecodable image is replaced by the next good one and recorded.
+        for step in range(len(self)):
+            try:
+                img, label = self._load((idx + step) % len(self))
+                return mnp.array(img, dtype='uint8'), label
+            except FaceDataError as e:
+                if 'does not decode' not in e.reason:
+                    raise
+                with self._lock:
+                    if (e.path, e.record) not in {(p, r) for p, r, _ in self.skipped}:
+                        self.skipped.append((e.path, e.record, e.reason))
+        raise FaceDataError(getattr(self, 'source', '<dataset>'), 'no image decodes')
+
+
+class FaceFolderDataset(_FaceDataset):
+    """Images in ``%08d`` identity folders (00000000/, 00000001/, ...); label = folder number.
+
+    ``num_classes`` and ``image_size`` (H, W), when given (e.g. from property), are checked
+    against every label and image. ``skip_bad`` replaces undecodable images by the next good one
+    and lists them in ``skipped`` instead of raising.
+    """
+
+    def __init__(self, data_dir, num_classes=None, image_size=None, skip_bad=False):
+        super().__init__(num_classes, image_size, skip_bad)
+        self.source = self.data_dir = os.fspath(data_dir)
+        if not os.path.isdir(self.data_dir):
+            raise FaceDataError(self.data_dir, 'dataset folder not found')
+        self.items = []
+        others = []
+        for name in sorted(os.listdir(self.data_dir)):
+            folder = os.path.join(self.data_dir, name)
+            if not os.path.isdir(folder) or name.startswith('.'):
+                continue
+            if not name.isdigit():
+                others.append(name)
+                continue
+            label = int(name)
+            self._check_label(label, folder, None)
+            for fname in sorted(os.listdir(folder)):
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    self.items.append((os.path.join(folder, fname), label))
+        if others and not self.items:
+            raise FaceDataError(self.data_dir, 'expected identity folders named by class id '
+                                '(00000000, 00000001, ...), found %s; convert a folder of '
+                                'per-person folders with scripts/prepare_data.py'
+                                % ', '.join(others[:3]))
+
+    def __len__(self):
+        return len(self.items)
+
+    def _load(self, idx):
+        path, label = self.items[idx]
+        with open(path, 'rb') as f:
+            img = decode_image(f.read(), path)
+        self._check_size(img, path, None)
+        return img, label
+
+
+class FaceRecordDataset(_FaceDataset):
+    """Images in ``train.rec`` + ``train.idx`` (the ``.idx`` beside ``rec_path`` by default).
+
+    Reads both layouts found in the wild: InsightFace's (record 0 has label ``[a, b]`` and an
+    empty image; images are keys 1..a-1; keys a..b-1 give each identity's key range) and the
+    headerless im2rec layout (every key an image). Labels may be a float or an array whose first
+    value is the class id. ``identity_ranges`` maps class id -> (first key, end key) when the
+    header provides it.
+    """
+
+    def __init__(self, rec_path, idx_path=None, num_classes=None, image_size=None,
+                 skip_bad=False):
+        super().__init__(num_classes, image_size, skip_bad)
+        self.reader = RecordReader(rec_path, idx_path)
+        self.source = self.rec_path = self.reader.rec_path
+        self.identity_ranges = None
+        self.keys = self._image_keys()
+
+    def _image_keys(self):
+        reader = self.reader
+        if not reader.keys:
+            return []
+        first = reader.keys[0]
+        header, img = reader.read_header(first)
+        if header.flag == 0 or len(img) > 0:
+            return list(reader.keys)  # headerless: record 0 is an ordinary image
+        if header.flag < 2:
+            raise FaceDataError(self.rec_path, 'header record has %d label value(s), expected '
+                                '[first identity key, end key]' % header.flag, record=first)
+        a, b = (int(round(float(v))) for v in header.label[:2])
+        if not 1 <= a <= b:
+            raise FaceDataError(self.rec_path, 'header record label [%d, %d] is not a valid '
+                                '[first identity key, end key] pair' % (a, b), record=first)
+        missing = [k for k in (1, a - 1) if k < a and k not in reader]
+        if missing:
+            raise FaceDataError(reader.idx_path, 'header record says images are keys 1..%d but '
+                                'key %d is not in the index' % (a - 1, missing[0]))
+        if b > a and a in reader and (b - 1) in reader:
+            self.identity_ranges = {}
+            for class_id, key in enumerate(range(a, b)):
+                if key in reader:
+                    lab = reader.read_header(key)[0].label
+                    if np.ndim(lab) and len(lab) >= 2:
+                        self.identity_ranges[class_id] = (int(lab[0]), int(lab[1]))
+        return [k for k in reader.keys if 1 <= k < a]
+
+    def __len__(self):
+        return len(self.keys)
+
+    def label_of(self, idx):
+        """Class id of item ``idx`` without decoding its image."""
+        key = self.keys[idx]
+        return self._label(self.reader.read_header(key)[0], key)
+
+    def _label(self, header, key):
+        value = header.label if np.ndim(header.label) == 0 else (
+            header.label[0] if len(header.label) else None)
+        if value is None or not np.isfinite(value) or value != int(value):
+            raise FaceDataError(self.rec_path, 'expected an integer class id as label (or as '
+                                'label[0]), got %r' % (header.label,), record=key)
+        label = int(value)
+        self._check_label(label, self.rec_path, key)
+        return label
+
+    def _load(self, idx):
+        key = self.keys[idx]
+        header, buf = self.reader.read_header(key)
+        label = self._label(header, key)
+        img = decode_image(buf, self.rec_path, key)
+        self._check_size(img, self.rec_path, key)
+        return img, label
+
+
+class FaceTrainTransform:
+    """The chapter's training augmentation: random left-right flip, then ToTensor.
+
+    ``(HWC uint8 image) -> (3, H, W) float32 numpy array in [0, 1]``. Each worker thread or
+    process draws flips from its own generator.
+    """
+
+    def __init__(self, flip=True, seed=None):
+        self.flip, self.seed = flip, seed
+        self._local, self._lock, self._users = threading.local(), threading.Lock(), 0
+
+    def _rng(self):
+        rng = getattr(self._local, 'rng', None)
+        if rng is None or self._local.pid != os.getpid():
+            with self._lock:  # number the threads in order of first use
+                ordinal, self._users = self._users, self._users + 1
+            rng = random.Random(None if self.seed is None else self.seed * 1000003 + ordinal)
+            self._local.rng, self._local.pid = rng, os.getpid()
+        return rng
+
+    def __call__(self, img):
+        img = img.asnumpy() if hasattr(img, 'asnumpy') else np.asarray(img)
+        if self.flip and self._rng().random() < 0.5:
+            img = img[:, ::-1]
+        return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * (1.0 / 255)
+
+    def __getstate__(self):
+        return {'flip': self.flip, 'seed': self.seed}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+
+def list_val_targets(data_dir):
+    """Names of the verification sets (``<name>.bin``) in ``data_dir``."""
+    return sorted(f[:-4] for f in os.listdir(data_dir) if f.endswith('.bin'))
+
+
+def _load_val_set(data_dir, val_targets, image_size):
+    val_set = {}
+    for target in val_targets:
+        path = os.path.join(data_dir, target + '.bin')
+        if not os.path.isfile(path):
+            present = ', '.join(list_val_targets(data_dir)) or 'none'
+            raise FaceDataError(path, 'verification set %r not found; .bin files in %s: %s'
+                                % (target, data_dir, present))
+        val_set[target] = load_bin(path, image_size)
+    return val_set
+
+
+def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle=True,
+                       skip_bad=False, num_parts=1, part_index=0, thread_pool=True, seed=None):
+    """The chapter's loader -> ``(loader, val_set)``.
+
+    Training images come from ``train.rec`` when it exists, else from the ``%08d`` folders;
+    each is flipped left-right at random and scaled to float32 [0, 1] (3, H, W). Batches are
+    shuffled and the last partial batch is dropped. ``val_set[target]`` is
+    ``load_bin(data_dir/<target>.bin)``. ``num_parts``/``part_index`` give a worker of a
+    distributed run its share of the images. Images are decoded by ``num_workers`` threads
+    (OpenCV releases the GIL) or processes (``thread_pool=False``).
+    """
+    image_size, num_classes = read_facerec_meta(data_dir)
+    rec_path = os.path.join(data_dir, 'train.rec')
+    if os.path.isfile(rec_path):
+        dataset = FaceRecordDataset(rec_path, num_classes=num_classes, image_size=image_size,
+                                    skip_bad=skip_bad)
+    else:
+        dataset = FaceFolderDataset(data_dir, num_classes=num_classes, image_size=image_size,
+                                    skip_bad=skip_bad)
+    if num_parts > 1:
+        if not 0 <= part_index < num_parts:
+            raise ValueError('part_index %d outside [0, %d)' % (part_index, num_parts))
+        dataset = _Shard(dataset, num_parts, part_index)
+    if len(dataset) < batch_size:
+        raise FaceDataError(getattr(dataset, 'source', data_dir),
+                            '%d training images, fewer than one batch of %d (the last partial '
+                            'batch is dropped, so nothing would be trained)'
+                            % (len(dataset), batch_size))
+    loader = gluon.data.DataLoader(
+        dataset.transform_first(FaceTrainTransform(seed=seed)), batch_size=batch_size,
+        shuffle=shuffle, last_batch='discard', num_workers=num_workers, thread_pool=thread_pool)
+    loader.dataset_info = dict(source=getattr(dataset, 'source', data_dir), images=len(dataset),
+                               num_classes=num_classes, image_size=image_size)
+    val_set = _load_val_set(data_dir, val_targets, image_size)
+    return loader, val_set
+
+
+class _Shard(gluon.data.Dataset):
+    """Every ``num_parts``-th item of a dataset starting at ``part_index``.
+
+    Strided rather than contiguous, so that each worker sees all identities of a file sorted
+    by identity.
+    """
+
+    def __init__(self, dataset, num_parts, part_index):
+        self.dataset, self.num_parts, self.part_index = dataset, num_parts, part_index
+        self.source = getattr(dataset, 'source', None)
+
+    def __len__(self):
+        return (len(self.dataset) - self.part_index + self.num_parts - 1) // self.num_parts
+
+    def __getitem__(self, idx):
+        if not 0 <= idx < len(self):
+            raise IndexError(idx)
+        return self.dataset[self.part_index + idx * self.num_parts]

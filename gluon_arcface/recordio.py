@@ -1,0 +1,333 @@
+"""dmlc RecordIO files (``train.rec`` + ``train.idx``) as InsightFace and im2rec write them.
+
+A record on disk is ``magic (u32) | lrec (u32) | data | pad to 4 bytes``, little-endian, with
+``lrec = cflag << 29 | length``. A payload that contains the magic word at a 4-byte aligned offset
+is split there into parts (cflag 1 = first, 2 = middle, 3 = last; 0 = whole record) and the reader
+puts the magic back between the parts. The ``.idx`` beside it is text, ``key<TAB>offset`` a line.
+
+Each payload starts with the image header ``<IfQQ`` (flag, label, id, id2); when flag > 0, ``flag``
+float32 labels follow (label[0] is the class id); the encoded image is the rest.
+
+This is a pure-Python reader: bad files raise ``FaceDataError`` naming the file, the record key
+and what was expected, instead of crashing the process.
+"""
+import collections
+import os
+import struct
+
+import numpy as np
+
+from .errors import FaceDataError
+
+__all__ = ['RECORD_MAGIC', 'IRHeader', 'pack_record', 'unpack_record', 'read_index',
+           'RecordReader', 'RecordWriter', 'build_index', 'write_face_rec']
+
+RECORD_MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack('<I', RECORD_MAGIC)
+_LENGTH_MASK = (1 << 29) - 1
+_HEADER = struct.Struct('<IfQQ')  # 24 bytes
+_WORD = struct.Struct('<II')
+
+IRHeader = collections.namedtuple('IRHeader', ['flag', 'label', 'id', 'id2'])
+IRHeader.__doc__ = ('Image record header: label is a float (flag 0) or a float32 array of '
+                    '``flag`` values.')
+
+
+def pack_record(label, image=b'', id=0, id2=0):
+    """Payload bytes of one record: header, optional float32 labels, then the encoded image.
+
+    ``label`` is a number (written in the header, flag 0) or a sequence (flag = its length).
+    """
+    if np.ndim(label) == 0:
+        head = _HEADER.pack(0, float(label), id, id2)
+        return head + bytes(image)
+    labels = np.asarray(label, dtype='<f4').ravel()
+    return _HEADER.pack(labels.size, 0.0, id, id2) + labels.tobytes() + bytes(image)
+
+
+def unpack_record(payload, path='<record>', key=None):
+    """Split a payload into ``(IRHeader, image_bytes)``; label is a float or float32 array."""
+    if len(payload) < _HEADER.size:
+        raise FaceDataError(path, 'payload of %d bytes is shorter than the 24-byte image header'
+                            % len(payload), record=key)
+    flag, label, id_, id2 = _HEADER.unpack_from(payload)
+    rest = memoryview(payload)[_HEADER.size:]
+    if flag > 0:
+        if flag * 4 > len(rest):
+            raise FaceDataError(path, 'header announces %d float32 labels but only %d bytes follow'
+                                % (flag, len(rest)), record=key)
+        label = np.frombuffer(rest[:flag * 4], dtype='<f4').astype(np.float32)
+        rest = rest[flag * 4:]
+    return IRHeader(flag, label, id_, id2), bytes(rest)
+
+
+def read_index(idx_path, rec_size=None):
+    """Parse a ``.idx`` file into an ordered dict key -> byte offset, validating every line."""
+    index = collections.OrderedDict()
+    try:
+        with open(idx_path, 'rb') as f:
+            lines = f.read().split(b'\n')
+    except FileNotFoundError:
+        raise FaceDataError(idx_path, 'index file not found; it lists "key<TAB>offset" for each '
+                            'record of the .rec beside it (rebuild it with '
+                            'gluon_arcface.recordio.build_index)') from None
+    for lineno, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            key, offset = int(parts[0]), int(parts[1])
+            if len(parts) != 2 or offset < 0 or offset % 4:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise FaceDataError(idx_path, 'expected "key<TAB>offset" with a non-negative, '
+                                '4-byte aligned offset, got %r' % raw[:80], line=lineno) from None
+        if key in index:
+            raise FaceDataError(idx_path, 'key %d appears twice' % key, line=lineno)
+        if rec_size is not None and offset + 8 > rec_size:
+            raise FaceDataError(idx_path, 'offset %d of key %d is past the end of the .rec '
+                                '(%d bytes): the index does not belong to this .rec'
+                                % (offset, key, rec_size), line=lineno)
+        index[key] = offset
+    return index
+
+
+class RecordReader:
+    """Random access to the records of a ``.rec`` through its ``.idx``.
+
+    ``keys`` lists the record keys in index order; ``read(key)`` returns the payload bytes.
+    Safe to use from several threads or processes (each process opens its own file handle).
+    """
+
+    def __init__(self, rec_path, idx_path=None):
+        self.rec_path = os.fspath(rec_path)
+        self.idx_path = (os.fspath(idx_path) if idx_path
+                         else os.path.splitext(self.rec_path)[0] + '.idx')
+        if not os.path.isfile(self.rec_path):
+            raise FaceDataError(self.rec_path, 'RecordIO file not found')
+        self.size = os.path.getsize(self.rec_path)
+        self.index = read_index(self.idx_path, self.size)
+        self.keys = list(self.index)
+        self._fh, self._pid = None, None
+
+    def __len__(self):
+        return len(self.index)
+
+    def __contains__(self, key):
+        return key in self.index
+
+    def _file(self):
+        if self._fh is None or self._pid != os.getpid():
+            self._fh, self._pid = open(self.rec_path, 'rb'), os.getpid()
+        return self._fh
+
+    def read(self, key):
+        """Payload bytes of record ``key`` (multi-part records joined with the magic word)."""
+        try:
+            offset = self.index[key]
+        except KeyError:
+            raise FaceDataError(self.idx_path, 'no record with key %r' % (key,)) from None
+        # os.pread keeps concurrent readers (thread pools) from racing on a shared file position.
+        fd = self._file().fileno()
+        parts = []
+        while True:
+            head = os.pread(fd, 8, offset)
+            if len(head) < 8:
+                raise FaceDataError(self.rec_path, 'file ends inside the record header at byte %d '
+                                    '(truncated .rec?)' % offset, record=key)
+            magic, lrec = _WORD.unpack(head)
+            if magic != RECORD_MAGIC:
+                raise FaceDataError(self.rec_path, 'expected the RecordIO magic 0xced7230a at byte '
+                                    '%d, found 0x%08x: the .idx does not match the .rec or the '
+                                    'file is corrupt' % (offset, magic), record=key)
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            if (cflag in (0, 1)) != (not parts) or cflag > 3:
+                raise FaceDataError(self.rec_path, 'unexpected continuation flag %d at byte %d'
+                                    % (cflag, offset), record=key)
+            data = os.pread(fd, length, offset + 8)
+            if len(data) < length:
+                raise FaceDataError(self.rec_path, 'record of %d bytes at byte %d is cut short '
+                                    'after %d bytes (truncated .rec?)'
+                                    % (length, offset, len(data)), record=key)
+            parts.append(data)
+            offset += 8 + ((length + 3) & ~3)
+            if cflag in (0, 3):
+                return _MAGIC_BYTES.join(parts)
+
+    def read_header(self, key):
+        """``(IRHeader, image_bytes)`` of record ``key``."""
+        return unpack_record(self.read(key), self.rec_path, key)
+
+    def close(self):
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __getstate__(self):  # file handles do not cross process boundaries
+        state = self.__dict__.copy()
+        state['_fh'] = state['_pid'] = None
+        return state
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _iter_raw_records(rec_path):
+    """Yield ``(offset, payload)`` scanning a .rec sequentially (for rebuilding an index)."""
+    with open(rec_path, 'rb') as f:
+        offset = 0
+        while True:
+            start, parts = offset, []
+            while True:
+                head = f.read(8)
+                if not head and not parts:
+                    return
+                if len(head) < 8:
+                    raise FaceDataError(rec_path, 'file ends inside a record header at byte %d'
+                                        % offset)
+                magic, lrec = _WORD.unpack(head)
+                if magic != RECORD_MAGIC:
+                    raise FaceDataError(rec_path, 'expected the RecordIO magic at byte %d, found '
+                                        '0x%08x' % (offset, magic))
+                cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+                padded = (length + 3) & ~3
+                data = f.read(padded)
+                if len(data) < padded:
+                    raise FaceDataError(rec_path, 'record at byte %d is cut short' % offset)
+                parts.append(data[:length])
+                offset += 8 + padded
+                if cflag in (0, 3):
+                    break
+            yield start, _MAGIC_BYTES.join(parts)
+
+
+def build_index(rec_path, idx_path=None):
+    """Write the ``.idx`` of a ``.rec`` by scanning it; keys are 0, 1, 2, ... in file order.
+
+    This is how InsightFace and im2rec number records when they write them sequentially.
+    Returns the number of records.
+    """
+    idx_path = idx_path or os.path.splitext(rec_path)[0] + '.idx'
+    lines = ['%d\t%d\n' % (key, offset)
+             for key, (offset, _) in enumerate(_iter_raw_records(rec_path))]
+    _atomic_write_text(idx_path, ''.join(lines))
+    return len(lines)
+
+
+def _atomic_write_text(path, text):
+    tmp = path + '.tmp-%d' % os.getpid()
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class RecordWriter:
+    """Write ``.rec`` + ``.idx`` atomically: both appear under their names only on ``close()``.
+
+    Use as a context manager; on an exception the temporary files are removed and any existing
+    files under the final names are left untouched.
+    """
+
+    def __init__(self, rec_path, idx_path=None):
+        self.rec_path = os.fspath(rec_path)
+        self.idx_path = (os.fspath(idx_path) if idx_path
+                         else os.path.splitext(self.rec_path)[0] + '.idx')
+        suffix = '.tmp-%d' % os.getpid()
+        self._tmp_rec, self._tmp_idx = self.rec_path + suffix, self.idx_path + suffix
+        self._rec = open(self._tmp_rec, 'wb')
+        self._idx = open(self._tmp_idx, 'w')
+        self._offset = 0
+        self._keys = set()
+
+    def write(self, key, payload):
+        """Append one record under integer ``key``."""
+        key = int(key)
+        if key in self._keys:
+            raise ValueError('record key %d written twice to %s' % (key, self.rec_path))
+        self._keys.add(key)
+        self._idx.write('%d\t%d\n' % (key, self._offset))
+        payload = bytes(payload)
+        # Split at every 4-byte aligned occurrence of the magic word, as dmlc's writer does.
+        cuts, start = [], 0
+        for pos in range(0, len(payload) - 3, 4):
+            if payload[pos:pos + 4] == _MAGIC_BYTES:
+                cuts.append((start, pos))
+                start = pos + 4
+        cuts.append((start, len(payload)))
+        for i, (lo, hi) in enumerate(cuts):
+            if len(cuts) == 1:
+                cflag = 0
+            else:
+                cflag = 1 if i == 0 else (3 if i == len(cuts) - 1 else 2)
+            length = hi - lo
+            if length > _LENGTH_MASK:
+                raise ValueError('record %d of %s is larger than 2^29 bytes' % (key, self.rec_path))
+            self._rec.write(_WORD.pack(RECORD_MAGIC, (cflag << 29) | length))
+            self._rec.write(payload[lo:hi])
+            self._rec.write(b'\0' * ((4 - length % 4) % 4))
+            self._offset += 8 + ((length + 3) & ~3)
+
+    def close(self):
+        """Flush and move both files into place."""
+        if self._rec is None:
+            return
+        for f in (self._rec, self._idx):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        os.replace(self._tmp_rec, self.rec_path)
+        os.replace(self._tmp_idx, self.idx_path)
+        self._rec = self._idx = None
+
+    def abort(self):
+        """Drop what was written; files under the final names stay as they were."""
+        if self._rec is None:
+            return
+        for f, tmp in ((self._rec, self._tmp_rec), (self._idx, self._tmp_idx)):
+            f.close()
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        self._rec = self._idx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_face_rec(rec_path, samples, with_header=True):
+    """Write face images as ``rec_path`` + its ``.idx``.
+
+    ``samples``: a sequence of ``(class_id, encoded_image_bytes)`` sorted by class id, with
+    class ids 0..K-1. With ``with_header`` (InsightFace layout) record 0 carries label
+    ``[a, b]``, images are keys 1..a-1 and keys a..b-1 hold each identity's image key range
+    ``[start, end)``; without it (im2rec layout) images are keys 0..N-1.
+    """
+    samples = list(samples)
+    labels = [int(label) for label, _ in samples]
+    if labels != sorted(labels):
+        raise ValueError('samples must be sorted by class id')
+    with RecordWriter(rec_path) as writer:
+        first = 1 if with_header else 0
+        if with_header:
+            num_ids = labels[-1] + 1 if labels else 0
+            a = len(samples) + 1
+            writer.write(0, pack_record([a, a + num_ids]))
+        for i, (label, image) in enumerate(samples):
+            writer.write(first + i, pack_record(label, image))
+        if with_header:
+            ranges = collections.OrderedDict()
+            for i, label in enumerate(labels):
+                lo, hi = ranges.get(label, (first + i, first + i))
+                ranges[label] = (lo, first + i + 1)
+            for class_id in range(num_ids):
+                lo, hi = ranges.get(class_id, (0, 0))
+                writer.write(a + class_id, pack_record([lo, hi]))
