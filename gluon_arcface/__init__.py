@@ -20,3 +20,10 @@ from .binfile import load_bin, read_bin, write_bin, decode_image  # noqa: E402
 from .datasets import (read_facerec_meta, write_property, FaceFolderDataset,  # noqa: E402
                        FaceRecordDataset, FaceTrainTransform, load_data_face_rec,
                        list_val_targets)
+from .hub import DATA_HUB, GENERATED, download, download_extract, get_data_home  # noqa: E402
+from .verification import (VerificationResult, compute_embeddings, test_face_11,  # noqa: E402
+                           verify, evaluate_embeddings, plot_roc, format_table)
+from .checkpoint import save_checkpoint, load_checkpoint, latest_checkpoint  # noqa: E402
+from .training import train_ch_facerec, lr_at_epoch, make_test_net  # noqa: E402
+from .inference import (get_embedding, embed_images, embed_files, cosine_similarity,  # noqa: E402
+                        compare_faces, export_embedding_net, load_embedding_net, FaceEmbedder)

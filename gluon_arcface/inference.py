@@ -1,0 +1,162 @@
+"""Embeddings for deployment: the chapter's get_embedding, images from files, face comparison,
+and export of the embedding network (symbol + params) for serving.
+
+Images go into the network exactly as in training and verification: RGB, (3, H, W) float32 in
+[0, 1]. Embeddings of an image and of its mirror image are summed and L2-normalised, as in the
+verification protocols, so a threshold chosen by verification applies to ``compare_faces``.
+"""
+import os
+import warnings
+
+import cv2
+import numpy as onp
+import mxnet as mx
+from mxnet import autograd, gluon
+from mxnet import np as mnp
+
+from .binfile import decode_image
+from .checkpoint import atomic_write
+from .errors import FaceDataError
+
+__all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine_similarity',
+           'compare_faces', 'export_embedding_net', 'load_embedding_net', 'FaceEmbedder']
+
+
+def get_embedding(img, net, ctx=None):
+    """The chapter's get_embedding: RGB uint8 (H, W, 3) -> raw embedding (1, emb_size).
+
+    ``ctx`` is a Context or a list (the first one is used); the result is not normalised.
+    """
+    ctx = ctx[0] if isinstance(ctx, (list, tuple)) else (ctx or mx.cpu())
+    img = mnp.array(img, ctx=ctx, dtype='uint8')
+    img = mnp.expand_dims(img.transpose(2, 0, 1), axis=0).astype('float32') / 255.0
+    return net(img)
+
+
+def preprocess(img, image_size):
+    """RGB uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1], resized to ``image_size`` (H', W')."""
+    img = onp.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError('expected an RGB image of shape (H, W, 3), got %s' % (img.shape,))
+    if img.shape[:2] != tuple(image_size):
+        img = cv2.resize(img, (image_size[1], image_size[0]), interpolation=cv2.INTER_LINEAR)
+    return img.transpose(2, 0, 1).astype(onp.float32) / 255.0
+
+
+def _l2_normalize(x):
+    return x / onp.maximum(onp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed_images(images, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
+    """Embed RGB uint8 images -> L2-normalised float32 (N, emb_size) numpy array.
+
+    With ``flip`` the embedding of each image's mirror image is added before normalising.
+    """
+    ctx = ctx[0] if isinstance(ctx, (list, tuple)) else (ctx or mx.cpu())
+    batch = onp.stack([preprocess(img, image_size) for img in images])
+    out = []
+    with autograd.predict_mode():
+        for i in range(0, len(batch), batch_size):
+            x = mnp.array(batch[i:i + batch_size], ctx=ctx)
+            emb = net(x).asnumpy()
+            if flip:
+                emb = emb + net(x[:, :, :, ::-1]).asnumpy()
+            out.append(emb)
+    return _l2_normalize(onp.concatenate(out).astype(onp.float32))
+
+
+def embed_files(paths, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
+    """Embed image files (aligned face crops) -> L2-normalised float32 (N, emb_size)."""
+    images = []
+    for path in paths:
+        try:
+            with open(path, 'rb') as f:
+                images.append(decode_image(f.read(), path))
+        except FileNotFoundError:
+            raise FaceDataError(path, 'image file not found') from None
+    return embed_images(images, net, ctx, image_size, batch_size, flip)
+
+
+def cosine_similarity(a, b):
+    """Row-wise cosine similarity of two (N, D) arrays (or two (D,) vectors)."""
+    a, b = onp.atleast_2d(a), onp.atleast_2d(b)
+    sim = onp.sum(_l2_normalize(a) * _l2_normalize(b), axis=1)
+    return sim if len(sim) > 1 else float(sim[0])
+
+
+def compare_faces(img_a, img_b, net, threshold, ctx=None, image_size=(112, 112)):
+    """Whether two face images show the same person -> ``(cosine similarity, same)``.
+
+    ``threshold`` is a cosine similarity, e.g. ``VerificationResult.cos_threshold`` from a
+    verification run of the same network. Images are RGB uint8 arrays or file paths.
+    """
+    loaded = []
+    for img in (img_a, img_b):
+        if isinstance(img, (str, os.PathLike)):
+            with open(img, 'rb') as f:
+                img = decode_image(f.read(), img)
+        loaded.append(img)
+    emb = embed_images(loaded, net, ctx, image_size)
+    sim = float(onp.dot(emb[0], emb[1]))
+    return sim, sim > threshold
+
+
+def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0):
+    """Export a (hybridizable) embedding network for deployment: ``prefix-symbol.json`` and
+    ``prefix-%04d.params``. Returns the two paths. Input name ``data``, (N, 3, H, W) float32.
+    """
+    if not isinstance(net, gluon.HybridBlock):
+        raise TypeError('only a HybridBlock can be exported, got %s' % type(net).__name__)
+    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+    net.hybridize()
+    with autograd.predict_mode():
+        net(mnp.zeros((1, 3) + tuple(image_size), ctx=ctx))
+    folder = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(folder, exist_ok=True)
+    # Export under a temporary prefix, then rename both files into place.
+    with atomic_write(prefix + '-symbol.json') as tmp_sym, \
+            atomic_write(prefix + '-%04d.params' % epoch) as tmp_params:
+        tmp_prefix = tmp_sym + '.export'
+        net.export(tmp_prefix, epoch=epoch)
+        os.replace(tmp_prefix + '-symbol.json', tmp_sym)
+        os.replace(tmp_prefix + '-%04d.params' % epoch, tmp_params)
+    return prefix + '-symbol.json', prefix + '-%04d.params' % epoch
+
+
+def load_embedding_net(prefix, ctx=None, epoch=0):
+    """Load an exported embedding network as a ``gluon.SymbolBlock``."""
+    ctx = ctx or mx.cpu()
+    sym, params = prefix + '-symbol.json', prefix + '-%04d.params' % epoch
+    for path in (sym, params):
+        if not os.path.isfile(path):
+            raise FileNotFoundError('%s: exported model file not found' % path)
+    with warnings.catch_warnings():  # the input's dtype is only known at the first call
+        warnings.filterwarnings('ignore', message='Cannot decide type')
+        return gluon.SymbolBlock.imports(sym, ['data'], params, ctx=ctx)
+
+
+class FaceEmbedder:
+    """An embedding network with its input size and decision threshold, ready to compare faces.
+
+    ``threshold`` is a cosine similarity (from verification); ``embed(images or paths)`` returns
+    normalised (N, D) embeddings; ``compare(a, b)`` returns ``(similarity, same)``.
+    """
+
+    def __init__(self, net, image_size=(112, 112), threshold=None, ctx=None):
+        self.net, self.image_size, self.threshold = net, tuple(image_size), threshold
+        self.ctx = ctx or mx.cpu()
+
+    @classmethod
+    def load(cls, prefix, image_size=(112, 112), threshold=None, ctx=None, epoch=0):
+        return cls(load_embedding_net(prefix, ctx, epoch), image_size, threshold, ctx)
+
+    def embed(self, images):
+        if images and isinstance(images[0], (str, os.PathLike)):
+            return embed_files(images, self.net, self.ctx, self.image_size)
+        return embed_images(images, self.net, self.ctx, self.image_size)
+
+    def compare(self, a, b, threshold=None):
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is None:
+            raise ValueError('no threshold: pass one, or take cos_threshold from a verification run')
+        return compare_faces(a, b, self.net, threshold, self.ctx, self.image_size)

@@ -1,0 +1,241 @@
+"""The chapter's training loop, ``train_ch_facerec``, with data parallelism over devices.
+
+Each batch is split over the contexts with ``gluon.utils.split_and_load``; every device runs
+forward and backward on its shard (so BatchNorm and the TrainBlock's standardisation use
+per-shard statistics) and one ``trainer.step`` applies the summed gradients.
+"""
+import math
+import signal
+import sys
+import threading
+import time
+
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from . import checkpoint as ckpt
+from .errors import CheckpointError, TrainingDivergedError
+
+__all__ = ['train_ch_facerec', 'lr_at_epoch', 'forward_backward', 'make_test_net', 'as_ctx_list',
+           'sync_aux_states']
+
+
+def as_ctx_list(ctx):
+    """A Context, a list of them, or None (CPU) -> list of Contexts."""
+    if ctx is None:
+        return [mx.cpu()]
+    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+
+
+def lr_at_epoch(base_lr, epoch, lr_steps=(), factor=0.1):
+    """Learning rate for 0-based ``epoch``: ``base_lr`` times ``factor`` per step <= epoch."""
+    return base_lr * factor ** sum(1 for step in (lr_steps or ()) if epoch >= step)
+
+
+def forward_backward(net, loss, X, y, ctx):
+    """Split a batch over ``ctx``, run forward + backward on each device.
+
+    Returns ``(losses, outputs, labels)``, one array per device; gradients are left in the
+    parameters for ``trainer.step``.
+    """
+    Xs = gluon.utils.split_and_load(X, ctx, batch_axis=0, even_split=False)
+    ys = gluon.utils.split_and_load(y, ctx, batch_axis=0, even_split=False)
+    with autograd.record():
+        outs = [net(x, t) for x, t in zip(Xs, ys)]
+        losses = [loss(o, t) for o, t in zip(outs, ys)]
+    autograd.backward(losses)
+    return losses, outs, ys
+
+
+def sync_aux_states(net):
+    """Average parameters without gradient (BatchNorm running mean/var) over their devices.
+
+    Each device updates its own copy from its own shards; without this, devices (and the saved
+    checkpoint, which averages them) would give different embeddings for the same image.
+    """
+    for param in net.collect_params().values():
+        if param.grad_req != 'null' or len(param.list_ctx()) < 2:
+            continue
+        try:
+            copies = param.list_data()
+        except RuntimeError:  # not initialised yet (deferred)
+            continue
+        param.set_data(sum(c.copyto(mx.cpu()) for c in copies) / len(copies))
+
+
+def make_test_net(net):
+    """A TestBlock sharing ``net``'s parameters (``net`` a gluon_arcface TrainBlock)."""
+    from .model import TestBlock
+    return TestBlock(net.num_layers, net.emb_size, net.use_dropout, params=net.collect_params())
+
+
+class _Interrupt:
+    """Turns SIGINT into a flag checked between batches, so a checkpoint can be written."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        print('\ninterrupt: finishing this batch, then saving a checkpoint '
+              '(Ctrl-C again to stop at once)', file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _progress(loader, epoch, num_epochs, show):
+    if not show:
+        return loader
+    from tqdm.auto import tqdm
+    return tqdm(loader, desc='epoch %d/%d' % (epoch, num_epochs), leave=False, mininterval=1.0,
+                file=sys.stderr, unit='batch')
+
+
+def _default_animator(num_epochs, verify):
+    """d2l's live training plot, in Jupyter only (in a terminal it would print text)."""
+    try:
+        from IPython import get_ipython
+        if get_ipython() is None or 'IPKernelApp' not in get_ipython().config:
+            return None
+        from d2l import mxnet as d2l
+    except ImportError:
+        return None
+    legend = ['train loss', 'train acc'] + (['verification acc'] if verify else [])
+    return d2l.Animator(xlabel='epoch', xlim=[1, max(num_epochs, 2)], legend=legend)
+
+
+def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, test_net=None,
+                     verify_every=1, lr_steps=None, lr_factor=0.1, checkpoint_dir=None,
+                     resume=False, keep_last=2, hybridize=True, progress=True, animator=None,
+                     log=print, is_master=True, verify_batch_size=None):
+    """Train ``net`` (blocks called as ``net(X, y) -> logits``) for ``num_epochs`` epochs.
+
+    The chapter's call ``train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx)`` works
+    as is. Optional: ``val_set`` ({target: (data_list, issame)}) verified every
+    ``verify_every`` epochs with ``test_net`` (built from a TrainBlock when omitted);
+    ``lr_steps`` (0-based epochs at which the LR is multiplied by ``lr_factor``);
+    ``checkpoint_dir`` (parameters + trainer state after each epoch, ``best.params`` for the
+    best mean verification accuracy) and ``resume`` (continue from its latest checkpoint).
+    A NaN/inf loss raises TrainingDivergedError before the update is applied; Ctrl-C saves a
+    checkpoint and raises KeyboardInterrupt. ``is_master`` False (other workers of a
+    distributed run) skips verification, checkpoints and logging.
+
+    Returns the history: ``{'epochs': [{'epoch', 'loss', 'train_acc', 'samples_per_sec',
+    'seconds', 'lr', 'verification'?}, ...]}``.
+    """
+    ctx = as_ctx_list(ctx)
+    log = log if is_master else (lambda *a, **k: None)
+    if hybridize and isinstance(net, gluon.HybridBlock):
+        net.hybridize(static_alloc=True, static_shape=True)
+    verify_targets = dict(val_set or {}) if is_master else {}
+    if verify_targets and test_net is None:
+        test_net = make_test_net(net)
+    if verify_targets and hybridize and isinstance(test_net, gluon.HybridBlock):
+        test_net.hybridize(static_alloc=True, static_shape=True)
+    base_lr = trainer.learning_rate
+    history, start_epoch, best = {'epochs': []}, 0, None
+    if resume and checkpoint_dir:
+        state = ckpt.latest_checkpoint(checkpoint_dir)
+        if state is None and resume != 'auto':
+            raise CheckpointError('%s: no checkpoint to resume from' % checkpoint_dir)
+        if state is not None:
+            state = ckpt.load_checkpoint(checkpoint_dir, net, trainer, ctx=ctx)
+            history = state.get('history') or history
+            start_epoch, base_lr = state['epoch'], state.get('base_lr', base_lr)
+            best = state.get('best_accuracy')
+            log('resumed from %s after epoch %d' % (checkpoint_dir, start_epoch))
+    if animator is None and progress:
+        animator = _default_animator(num_epochs, bool(verify_targets))
+
+    def save(epoch):
+        if checkpoint_dir and is_master:
+            ckpt.save_checkpoint(checkpoint_dir, epoch, net, trainer, history, keep_last,
+                                 extra=dict(base_lr=base_lr, best_accuracy=best))
+
+    with _Interrupt() as interrupt:
+        for epoch in range(start_epoch, num_epochs):
+            trainer.set_learning_rate(lr_at_epoch(base_lr, epoch, lr_steps, lr_factor))
+            loss_sum, correct, seen, start = 0.0, 0, 0, time.time()
+            for batch, (X, y) in enumerate(_progress(loader, epoch + 1, num_epochs, progress)):
+                losses, outs, ys = forward_backward(net, loss, X, y, ctx)
+                batch_loss = sum(float(l.sum()) for l in losses)
+                if not math.isfinite(batch_loss):
+                    raise TrainingDivergedError(
+                        'loss became %s at epoch %d, batch %d (lr %g); the update was not '
+                        'applied. %s Try a lower learning rate or check the data.'
+                        % (batch_loss, epoch + 1, batch + 1, trainer.learning_rate,
+                           'The last good checkpoint is in %s.' % checkpoint_dir
+                           if checkpoint_dir else ''))
+                trainer.step(X.shape[0])
+                loss_sum += batch_loss
+                correct += sum(int((o.argmax(axis=1).astype('int64') == t.astype('int64')).sum())
+                               for o, t in zip(outs, ys))
+                seen += X.shape[0]
+                if interrupt.requested:
+                    break
+            seconds = time.time() - start
+            sync_aux_states(net)
+            if interrupt.requested:
+                # The epoch is incomplete: save under the last complete epoch number, so that a
+                # resume redoes this epoch with the parameters trained so far.
+                save(epoch)
+                log('interrupted during epoch %d; checkpoint saved in %s'
+                    % (epoch + 1, checkpoint_dir or '(no checkpoint_dir given)'))
+                raise KeyboardInterrupt
+            if seen == 0:
+                raise ValueError('the loader yielded no batch in epoch %d' % (epoch + 1))
+            record = dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
+                          samples_per_sec=seen / seconds, seconds=seconds,
+                          lr=trainer.learning_rate)
+            verify_now = verify_targets and ((epoch + 1) % verify_every == 0
+                                             or epoch + 1 == num_epochs)
+            if verify_now:
+                record['verification'] = _verify(verify_targets, test_net, ctx,
+                                                 verify_batch_size or _batch_size(loader, ctx))
+            history['epochs'].append(record)
+            log(_epoch_line(record, num_epochs))
+            if animator is not None:
+                accs = [record['train_acc']]
+                if verify_targets:
+                    v = record.get('verification')
+                    accs.append(sum(v.values()) / len(v) if v else None)
+                animator.add(epoch + 1, [record['loss'], *accs])
+            if verify_now and checkpoint_dir and is_master:
+                acc = sum(record['verification'].values()) / len(record['verification'])
+                if best is None or acc > best:
+                    best = acc
+                    ckpt.save_best(checkpoint_dir, net, dict(epoch=epoch + 1, accuracy=acc,
+                                                             targets=record['verification']))
+            save(epoch + 1)
+    return history
+
+
+def _batch_size(loader, ctx):
+    size = getattr(loader, '_batch_sampler', None)
+    size = getattr(size, '_batch_size', None) or 64
+    return max(size, len(ctx))
+
+
+def _verify(targets, test_net, ctx, batch_size):
+    from .verification import verify
+    return {name: float(verify(data_set, test_net, ctx, batch_size=batch_size).accuracy)
+            for name, data_set in targets.items()}
+
+
+def _epoch_line(r, num_epochs):
+    line = ('epoch %d/%d  loss %.4f  train acc %.4f  %.1f samples/s  %.1f s  lr %g'
+            % (r['epoch'], num_epochs, r['loss'], r['train_acc'], r['samples_per_sec'],
+               r['seconds'], r['lr']))
+    for name, acc in (r.get('verification') or {}).items():
+        line += '  %s %.4f' % (name, acc)
+    return line
