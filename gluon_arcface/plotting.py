@@ -1,0 +1,71 @@
+"""Pictures people would rather look at than read: training curves and grids of faces.
+
+Figures are drawn with matplotlib's object API on an Agg canvas (pyplot's global backend is left
+alone) and written atomically as PNG. ROC curves live in ``verification.plot_roc``.
+"""
+import os
+
+import numpy as onp
+
+from .checkpoint import atomic_write
+
+__all__ = ['plot_history', 'plot_face_grid', 'save_figure']
+
+
+def _figure(figsize):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path, dpi=100):
+    """Write a matplotlib Figure to ``path`` (PNG), atomically; creates the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
+    return path
+
+
+def plot_history(history, path, title=None):
+    """Training curves from ``train_ch_facerec``'s history: loss, and accuracies per epoch."""
+    epochs = history['epochs']
+    x = [e['epoch'] for e in epochs]
+    fig = _figure((9, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(x, [e['loss'] for e in epochs], 'o-', label='train loss')
+    ax1.set_xlabel('epoch')
+    ax1.set_ylabel('softmax cross-entropy')
+    ax1.grid(alpha=0.3)
+    ax2.plot(x, [e['train_acc'] for e in epochs], 'o-', label='train accuracy')
+    targets = sorted({t for e in epochs for t in (e.get('verification') or {})})
+    for target in targets:
+        pts = [(e['epoch'], e['verification'][target]) for e in epochs
+               if target in (e.get('verification') or {})]
+        ax2.plot(*zip(*pts), 's--', label='%s (10-fold)' % target)
+    ax2.set_xlabel('epoch')
+    ax2.set_ylabel('accuracy')
+    ax2.set_ylim(0, 1.02)
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc='lower right')
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_face_grid(images, path, labels=None, ncols=8, title=None):
+    """A grid of RGB uint8 (H, W, 3) images, optionally captioned with ``labels``."""
+    images = [onp.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img) for img in images]
+    nrows = max(1, -(-len(images) // ncols))
+    fig = _figure((1.3 * ncols, 1.45 * nrows))
+    axes = onp.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis('off')
+        if i < len(images):
+            ax.imshow(images[i])
+            if labels is not None:
+                ax.set_title(str(labels[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
