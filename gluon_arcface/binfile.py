@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from mxnet import np as mnp
 
-from .errors import FaceDataError, UnsafePickleError
+from .errors import FaceDataError, ImageDecodeError, UnsafePickleError
 
 __all__ = ['load_bin', 'read_bin', 'write_bin', 'decode_image']
 
@@ -118,7 +118,7 @@ def read_bin(path):
 
 
 def decode_image(buf, path='<image>', record=None):
-    """Encoded JPEG/PNG bytes -> RGB uint8 numpy array (H, W, 3); FaceDataError when undecodable.
+    """Encoded JPEG/PNG bytes -> RGB uint8 numpy array (H, W, 3); ImageDecodeError if undecodable.
 
     Face files are encoded from BGR with OpenCV; decoding with OpenCV and converting to RGB
     gives the same pixels as ``mx.image.imdecode``.
@@ -127,7 +127,7 @@ def decode_image(buf, path='<image>', record=None):
     img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
     if img is None:
         head = bytes(buf[:4])
-        raise FaceDataError(path, 'image does not decode (%d bytes starting %r); expected a '
+        raise ImageDecodeError(path, 'image does not decode (%d bytes starting %r); expected a '
                             'JPEG or PNG' % (len(buf), head), record=record)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 

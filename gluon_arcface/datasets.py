@@ -14,7 +14,7 @@ from mxnet import gluon
 from mxnet import np as mnp
 
 from .binfile import decode_image, load_bin
-from .errors import FaceDataError
+from .errors import FaceDataError, ImageDecodeError
 from .recordio import RecordReader
 
 __all__ = ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
@@ -102,9 +102,7 @@ class _FaceDataset(gluon.data.Dataset):
             try:
                 img, label = self._load((idx + step) % len(self))
                 return mnp.array(img, dtype='uint8'), label
-            except FaceDataError as e:
-                if 'does not decode' not in e.reason:
-                    raise
+            except ImageDecodeError as e:
                 with self._lock:
                     if (e.path, e.record) not in {(p, r) for p, r, _ in self.skipped}:
                         self.skipped.append((e.path, e.record, e.reason))

@@ -4,7 +4,7 @@ Every error about a user's file names the file and, where it applies, the record
 .bin image index) or line, and says what was expected.
 """
 
-__all__ = ['GluonArcFaceError', 'FaceDataError', 'UnsafePickleError', 'DownloadError',
+__all__ = ['GluonArcFaceError', 'FaceDataError', 'ImageDecodeError', 'UnsafePickleError', 'DownloadError',
            'ChecksumError', 'UnsafeArchiveError', 'CheckpointError', 'TrainingDivergedError']
 
 
@@ -29,6 +29,10 @@ class FaceDataError(GluonArcFaceError, ValueError):
 
     def __reduce__(self):  # keep the fields when raised inside a DataLoader worker
         return (self.__class__, (self.path, self.reason, self.record, self.line))
+
+
+class ImageDecodeError(FaceDataError):
+    """An encoded image (JPEG/PNG bytes) does not decode."""
 
 
 class UnsafePickleError(FaceDataError):

@@ -20,7 +20,8 @@ import numpy as np
 from .errors import FaceDataError
 
 __all__ = ['RECORD_MAGIC', 'IRHeader', 'pack_record', 'unpack_record', 'read_index',
-           'RecordReader', 'RecordWriter', 'build_index', 'write_face_rec']
+           'RecordReader', 'RecordWriter', 'FaceRecWriter', 'scan_records', 'build_index',
+           'write_face_rec']
 
 RECORD_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack('<I', RECORD_MAGIC)
@@ -176,9 +177,13 @@ class RecordReader:
             pass
 
 
-def _iter_raw_records(rec_path):
-    """Yield ``(offset, payload)`` scanning a .rec sequentially (for rebuilding an index)."""
-    with open(rec_path, 'rb') as f:
+def scan_records(rec_path):
+    """Yield ``(offset, payload)`` of each record, reading the .rec sequentially."""
+    try:
+        f = open(rec_path, 'rb')
+    except FileNotFoundError:
+        raise FaceDataError(rec_path, 'RecordIO file not found') from None
+    with f:
         offset = 0
         while True:
             start, parts = offset, []
@@ -213,16 +218,20 @@ def build_index(rec_path, idx_path=None):
     """
     idx_path = idx_path or os.path.splitext(rec_path)[0] + '.idx'
     lines = ['%d\t%d\n' % (key, offset)
-             for key, (offset, _) in enumerate(_iter_raw_records(rec_path))]
+             for key, (offset, _) in enumerate(scan_records(rec_path))]
     _atomic_write_text(idx_path, ''.join(lines))
     return len(lines)
 
 
 def _atomic_write_text(path, text):
     tmp = path + '.tmp-%d' % os.getpid()
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class RecordWriter:
@@ -241,14 +250,14 @@ class RecordWriter:
         self._rec = open(self._tmp_rec, 'wb')
         self._idx = open(self._tmp_idx, 'w')
         self._offset = 0
-        self._keys = set()
+        self._keys = {}  # key -> (offset, payload length)
 
     def write(self, key, payload):
         """Append one record under integer ``key``."""
         key = int(key)
         if key in self._keys:
             raise ValueError('record key %d written twice to %s' % (key, self.rec_path))
-        self._keys.add(key)
+        self._keys[key] = (self._offset, len(payload))
         self._idx.write('%d\t%d\n' % (key, self._offset))
         payload = bytes(payload)
         # Split at every 4-byte aligned occurrence of the magic word, as dmlc's writer does.
@@ -270,6 +279,17 @@ class RecordWriter:
             self._rec.write(payload[lo:hi])
             self._rec.write(b'\0' * ((4 - length % 4) % 4))
             self._offset += 8 + ((length + 3) & ~3)
+
+    def overwrite(self, key, payload):
+        """Replace the payload of an already written, unsplit record by one of the same length."""
+        offset, length = self._keys[int(key)]
+        payload = bytes(payload)
+        if len(payload) != length or _MAGIC_BYTES in payload[:len(payload) - len(payload) % 4]:
+            raise ValueError('overwrite needs a payload of the same length without the magic word')
+        self._rec.flush()
+        self._rec.seek(offset + 8)
+        self._rec.write(payload)
+        self._rec.seek(0, os.SEEK_END)
 
     def close(self):
         """Flush and move both files into place."""
@@ -303,31 +323,70 @@ class RecordWriter:
             self.abort()
 
 
-def write_face_rec(rec_path, samples, with_header=True):
-    """Write face images as ``rec_path`` + its ``.idx``.
+class FaceRecWriter:
+    """Stream face images into ``rec_path`` + ``.idx``, in class-id order.
 
-    ``samples``: a sequence of ``(class_id, encoded_image_bytes)`` sorted by class id, with
-    class ids 0..K-1. With ``with_header`` (InsightFace layout) record 0 carries label
-    ``[a, b]``, images are keys 1..a-1 and keys a..b-1 hold each identity's image key range
-    ``[start, end)``; without it (im2rec layout) images are keys 0..N-1.
+    ``add(class_id, encoded_image)`` appends one image (class ids 0..K-1, non-decreasing).
+    With ``with_header`` (InsightFace layout) record 0 carries label ``[a, b]``, images are keys
+    1..a-1 and keys a..b-1 hold each identity's image key range ``[start, end)``; record 0 is
+    written first as a placeholder of the same size and filled in on ``close()``. Without it
+    (im2rec layout) images are keys 0..N-1. Files appear under their names only on close().
     """
-    samples = list(samples)
-    labels = [int(label) for label, _ in samples]
-    if labels != sorted(labels):
-        raise ValueError('samples must be sorted by class id')
-    with RecordWriter(rec_path) as writer:
-        first = 1 if with_header else 0
+
+    def __init__(self, rec_path, with_header=True):
+        self.with_header = with_header
+        self._writer = RecordWriter(rec_path)
+        self._next_key = 1 if with_header else 0
+        self._ranges = collections.OrderedDict()  # class id -> [first key, end key)
         if with_header:
-            num_ids = labels[-1] + 1 if labels else 0
-            a = len(samples) + 1
-            writer.write(0, pack_record([a, a + num_ids]))
-        for i, (label, image) in enumerate(samples):
-            writer.write(first + i, pack_record(label, image))
-        if with_header:
-            ranges = collections.OrderedDict()
-            for i, label in enumerate(labels):
-                lo, hi = ranges.get(label, (first + i, first + i))
-                ranges[label] = (lo, first + i + 1)
+            self._writer.write(0, pack_record([0, 0]))
+
+    def add(self, class_id, image):
+        class_id = int(class_id)
+        last = next(reversed(self._ranges)) if self._ranges else 0
+        if class_id < last or class_id < 0:
+            self.abort()
+            raise ValueError('images must come in non-decreasing class id order (got %d after %d)'
+                             % (class_id, last))
+        key = self._next_key
+        self._writer.write(key, pack_record(class_id, image))
+        lo = self._ranges.get(class_id, (key, key))[0]
+        self._ranges[class_id] = (lo, key + 1)
+        self._next_key += 1
+
+    def close(self):
+        if self._writer is None:
+            return
+        if self.with_header:
+            a = self._next_key
+            num_ids = (next(reversed(self._ranges)) + 1) if self._ranges else 0
             for class_id in range(num_ids):
-                lo, hi = ranges.get(class_id, (0, 0))
-                writer.write(a + class_id, pack_record([lo, hi]))
+                self._writer.write(a + class_id, pack_record(self._ranges.get(class_id, (0, 0))))
+            self._writer.overwrite(0, pack_record([a, a + num_ids]))
+        self._writer.close()
+        self._writer = None
+
+    def abort(self):
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_face_rec(rec_path, samples, with_header=True):
+    """Write ``(class_id, encoded_image_bytes)`` samples, sorted by class id, as a face .rec
+    (see FaceRecWriter for the layouts). Returns the number of images."""
+    count = 0
+    with FaceRecWriter(rec_path, with_header) as writer:
+        for label, image in samples:
+            writer.add(label, image)
+            count += 1
+    return count
