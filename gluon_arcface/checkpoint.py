@@ -129,7 +129,7 @@ def load_checkpoint(folder, net, trainer=None, ctx=None):
 
 
 def save_best(folder, net, info):
-    """Save ``net``'s parameters as best.params with ``info`` (e.g. accuracy, epoch) in best.json."""
+    """Save ``net``'s parameters as best.params, ``info`` (accuracy, epoch...) as best.json."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, 'best.params')
     with atomic_write(path) as tmp:

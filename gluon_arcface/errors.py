@@ -4,7 +4,8 @@ Every error about a user's file names the file and, where it applies, the record
 .bin image index) or line, and says what was expected.
 """
 
-__all__ = ['GluonArcFaceError', 'FaceDataError', 'ImageDecodeError', 'UnsafePickleError', 'DownloadError',
+__all__ = ['GluonArcFaceError', 'FaceDataError', 'ImageDecodeError', 'UnsafePickleError',
+           'DownloadError',
            'ChecksumError', 'UnsafeArchiveError', 'CheckpointError', 'TrainingDivergedError']
 
 

@@ -158,5 +158,6 @@ class FaceEmbedder:
     def compare(self, a, b, threshold=None):
         threshold = self.threshold if threshold is None else threshold
         if threshold is None:
-            raise ValueError('no threshold: pass one, or take cos_threshold from a verification run')
+            raise ValueError('no threshold: pass one, or use cos_threshold from a verification '
+                             'run')
         return compare_faces(a, b, self.net, threshold, self.ctx, self.image_size)

@@ -133,7 +133,8 @@ def test_folder_names_must_be_class_ids(tmp_path):
 def test_skip_bad_images_is_opt_in_and_counted(data_dir):
     (data_dir / '00000001' / '3.png').write_bytes(b'\x89PNG broken')
     strict = gaf.FaceFolderDataset(str(data_dir))
-    bad = [i for i, (p, _) in enumerate(strict.items) if p.endswith(os.path.join('00000001', '3.png'))][0]
+    bad = [i for i, (p, _) in enumerate(strict.items)
+           if p.endswith(os.path.join('00000001', '3.png'))][0]
     with pytest.raises(ImageDecodeError, match=r'00000001/3\.png: image does not decode'):
         strict[bad]
     lenient = gaf.FaceFolderDataset(str(data_dir), skip_bad=True)
