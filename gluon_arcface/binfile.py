@@ -12,6 +12,9 @@ is refused with ``UnsafePickleError`` before it is called.
 import io
 import os
 import pickle
+import pickletools
+import struct
+import warnings
 
 import cv2
 import numpy as np
@@ -19,42 +22,285 @@ from mxnet import np as mnp
 
 from .errors import FaceDataError, ImageDecodeError, UnsafePickleError
 
-__all__ = ['load_bin', 'read_bin', 'write_bin', 'decode_image']
+__all__ = ['load_bin', 'read_bin', 'write_bin', 'decode_image', 'image_size_of',
+           'MAX_IMAGE_PIXELS']
 
-_ALLOWED_GLOBALS = {
-    ('numpy.core.multiarray', '_reconstruct'),
-    ('numpy._core.multiarray', '_reconstruct'),  # pickles written by numpy 2
-    ('numpy.core.multiarray', 'scalar'),
-    ('numpy._core.multiarray', 'scalar'),
-    ('numpy', 'ndarray'),
-    ('numpy', 'dtype'),
-    ('numpy', 'bool_'),
-    ('_codecs', 'encode'),
-    ('__builtin__', 'bool'),  # Python 2 names, mapped by fix_imports
-    ('builtins', 'bool'),
-    ('builtins', 'bytearray'),
-    ('__builtin__', 'bytearray'),
-}
+MAX_IMAGE_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192): larger declared sizes are refused
+_MAX_DIMS = 32  # numpy's limit on array dimensions
+
+
+class _Unsafe(Exception):
+    """Raised inside the unpickler; read_bin turns it into UnsafePickleError with the path."""
+
+
+class _Malformed(Exception):
+    """Raised inside the unpickler; read_bin turns it into FaceDataError with the path."""
+
+
+def _safe_dtype(dtype):
+    """A fresh, canonical numpy dtype of booleans or numbers; anything else is refused.
+
+    Object dtypes would let the pickle place arbitrary objects in an array. A dtype's pickled
+    state (BUILD) can also set its flags or fields: such a dtype is refused, and an accepted one
+    is rebuilt from its type code so that nothing of the pickled state reaches numpy.
+    """
+    if not isinstance(dtype, np.dtype):
+        raise _Malformed('expected a numpy dtype, got %s' % type(dtype).__name__)
+    refused = _Unsafe('refusing a numpy array of dtype %s (flags %d): only arrays of booleans '
+                      'or numbers (encoded images, issame flags) are accepted'
+                      % (dtype, dtype.flags))
+    if dtype.hasobject or dtype.flags or dtype.fields is not None or dtype.subdtype is not None:
+        raise refused
+    try:
+        fresh = np.dtype(dtype.str)
+    except TypeError:
+        raise refused from None
+    if fresh.kind not in 'biuf' or fresh.itemsize not in (1, 2, 4, 8):
+        raise refused
+    return fresh
+
+
+def _make_dtype(spec, align=False, copy=True):
+    """``numpy.dtype`` as pickles call it, e.g. ``dtype('u1', False, True)``: always a new copy
+    (never numpy's shared built-in dtype, which the pickle's BUILD would then modify)."""
+    if isinstance(spec, bytes):
+        spec = spec.decode('latin1')
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise _Unsafe('refusing numpy.dtype(%s): expected a simple type code such as "u1"'
+                      % type(spec).__name__)
+    try:
+        dtype = np.dtype(spec, False, True)
+    except TypeError as e:
+        raise _Malformed('unknown numpy dtype %r (%s)' % (spec, e)) from None
+    _safe_dtype(dtype)
+    return dtype
+
+
+def _raw_length(raw):
+    if isinstance(raw, (bytes, bytearray)):
+        return len(raw)
+    if isinstance(raw, str):  # Python-2 str, decoded as latin1: one character per byte
+        return len(raw)
+    raise _Unsafe('refusing numpy array data of type %s (only raw bytes are accepted; a list '
+                  'would make an array of Python objects)' % type(raw).__name__)
+
+
+def _checked_shape(shape):
+    if not (isinstance(shape, tuple) and len(shape) <= _MAX_DIMS and
+            all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise _Malformed('expected an array shape (a tuple of non-negative integers), got %r'
+                         % (shape,)[:80])
+    count = 1
+    for n in shape:
+        count *= n
+    return count
+
+
+class _CheckedArray(np.ndarray):
+    """What ``_reconstruct`` makes: its pickled state is checked before numpy sees it.
+
+    The data must be raw bytes whose length is exactly what the shape and dtype announce, so
+    no array larger than the bytes already read is ever allocated.
+    """
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Malformed('malformed numpy array state')
+        version = state[0] if len(state) == 5 else 1
+        shape, dtype, fortran, raw = state[-4:]
+        dtype = _safe_dtype(dtype)
+        count = _checked_shape(shape)
+        if count * dtype.itemsize != _raw_length(raw):
+            raise _Malformed('numpy array of shape %s and dtype %s needs %d bytes, the pickle '
+                             'holds %d' % (shape, dtype, count * dtype.itemsize, _raw_length(raw)))
+        super().__setstate__((version, shape, dtype, bool(fortran), raw))
+
+
+class _Global:
+    """What ``find_class`` hands the unpickler: a checked stand-in for an allowed global.
+
+    It has no ``__dict__`` and refuses BUILD, so a pickle cannot change the stand-ins (they are
+    shared by every later load); ``numpy.ndarray`` is a marker that only ``_reconstruct`` takes.
+    """
+    __slots__ = ('_func', '_name')
+
+    def __init__(self, name, func=None):
+        self._name, self._func = name, func
+
+    def __call__(self, *args):
+        if self._func is None:
+            raise _Unsafe('refusing to call %s' % self._name)
+        return self._func(*args)
+
+    def __setstate__(self, state):
+        raise _Unsafe('refusing to modify %s' % self._name)
+
+    def __reduce__(self):
+        raise TypeError('not picklable')
+
+
+_NDARRAY = _Global('numpy.ndarray')  # only _reconstruct may receive it
+
+
+def _reconstruct(subtype, shape=None, dtype=None):
+    """``numpy.core.multiarray._reconstruct``: an empty array that BUILD fills in (checked)."""
+    if subtype is not _NDARRAY:
+        raise _Unsafe('refusing to reconstruct an array of type %s'
+                      % type(subtype).__name__)
+    return np.ndarray.__new__(_CheckedArray, (0,), np.uint8)  # the pickled shape is not used
+
+
+def _frombuffer(buf, dtype, shape, order='C'):
+    """``numpy.core.numeric._frombuffer`` (protocol-5 arrays), with the same checks."""
+    dtype = _safe_dtype(dtype)
+    count = _checked_shape(shape)
+    if count * dtype.itemsize != _raw_length(buf):
+        raise _Malformed('numpy array of shape %s and dtype %s needs %d bytes, the pickle holds '
+                         '%d' % (shape, dtype, count * dtype.itemsize, _raw_length(buf)))
+    if isinstance(buf, str):
+        buf = buf.encode('latin1')
+    arr = np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order='F' if order == 'F' else 'C')
+    return arr.copy()
+
+
+def _scalar(dtype, data=None):
+    """``numpy.core.multiarray.scalar`` (e.g. a pickled numpy.bool_), booleans/numbers only."""
+    dtype = _safe_dtype(dtype)
+    if _raw_length(data) != dtype.itemsize:
+        raise _Malformed('numpy scalar of dtype %s needs %d bytes' % (dtype, dtype.itemsize))
+    if isinstance(data, str):
+        data = data.encode('latin1')
+    return np.frombuffer(bytes(data), dtype=dtype)[0]
+
+
+_LATIN1 = {'latin1', 'latin-1', 'iso-8859-1', 'iso8859-1', 'l1'}
+
+
+def _encode(text, encoding='utf-8', errors='strict'):
+    """``_codecs.encode(str, 'latin1')``: how Python 3 writes bytes in protocol 2."""
+    if not isinstance(text, str) or str(encoding).lower() not in _LATIN1:
+        raise _Unsafe('refusing _codecs.encode(%s, %r): only latin1 text is accepted'
+                      % (type(text).__name__, encoding))
+    try:
+        return text.encode('latin1')
+    except UnicodeEncodeError as e:
+        raise _Malformed(str(e)) from None
+
+
+def _byte_string(kind):
+    def make(data=b'', encoding=None, errors='strict'):
+        """``bytes(...)`` / ``bytearray(...)`` of existing bytes or latin1 text, never of a
+        size (``bytearray(10**12)`` would allocate that much)."""
+        if isinstance(data, str):
+            if str(encoding).lower() not in _LATIN1:
+                raise _Unsafe('refusing %s(str, %r)' % (kind.__name__, encoding))
+            data = data.encode('latin1')
+        if not isinstance(data, (bytes, bytearray)):
+            raise _Unsafe('refusing %s(%s): only bytes are accepted'
+                          % (kind.__name__, type(data).__name__))
+        return kind(data)
+    return make
+
+
+def _bool(value=False):
+    if not isinstance(value, (bool, int, np.bool_, np.integer)):
+        raise _Unsafe('refusing bool(%s)' % type(value).__name__)
+    return bool(value)
+
+
+# The only globals a verification .bin may name, each mapped to a checked stand-in. Python-2
+# names (__builtin__) are listed as written: the unpickler resolves names itself, nothing is
+# imported.
+_GLOBALS = {}
+for _core in ('numpy.core', 'numpy._core'):  # numpy 1.x / 2.x module names
+    _GLOBALS[(_core + '.multiarray', '_reconstruct')] = _reconstruct
+    _GLOBALS[(_core + '.multiarray', 'scalar')] = _scalar
+    _GLOBALS[(_core + '.numeric', '_frombuffer')] = _frombuffer
+for _builtins in ('builtins', '__builtin__'):
+    _GLOBALS[(_builtins, 'bool')] = _bool
+    _GLOBALS[(_builtins, 'bytes')] = _byte_string(bytes)
+    _GLOBALS[(_builtins, 'bytearray')] = _byte_string(bytearray)
+_GLOBALS.update({('numpy', 'dtype'): _make_dtype, ('_codecs', 'encode'): _encode})
+_GLOBALS = {key: _Global('%s.%s' % key, func) for key, func in _GLOBALS.items()}
+_GLOBALS[('numpy', 'ndarray')] = _NDARRAY
+
+
+# Opcodes a .bin never needs: persistent ids and the copyreg extension registry.
+_REFUSED_OPCODES = {'PERSID', 'BINPERSID', 'EXT1', 'EXT2', 'EXT4'}
+_PUT_OPCODES = {'PUT', 'BINPUT', 'LONG_BINPUT'}
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, f, path):
+    def __init__(self, f):
         # latin1 maps Python-2 str one-to-one onto code points, so the original bytes come back
         # with .encode('latin1'); it is also what numpy needs for Python-2 array pickles.
-        super().__init__(f, encoding='latin1')
-        self._path = path
+        super().__init__(f, encoding='latin1', fix_imports=False)
 
     def find_class(self, module, name):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(self._path, 'refusing to load %s.%s: a verification .bin may '
-                                    'only hold encoded images (bytes or uint8 arrays) and '
-                                    'booleans' % (module, name))
-        if module.startswith('numpy._core'):
-            module = module.replace('numpy._core', 'numpy.core')
-        return super().find_class(module, name)
+        try:
+            return _GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            raise _Unsafe('refusing to load %s.%s: a verification .bin may only hold encoded '
+                          'images (bytes or uint8 arrays) and booleans'
+                          % (module, name)) from None
 
     def persistent_load(self, pid):
-        raise UnsafePickleError(self._path, 'refusing persistent id %r' % (pid,))
+        raise _Unsafe('refusing persistent id %r' % (pid,))
+
+
+def _read_stringnl(f):
+    """The argument of protocol 0's STRING opcode, kept as bytes (pickletools would decode it as
+    ASCII, which Python-2 pickles of binary strings are not)."""
+    return pickletools.read_stringnl(f, decode=False)
+
+
+def _opcodes(data):
+    """Yield ``(opcode, argument, position)`` like ``pickletools.genops``, without running
+    anything. Each declared length is checked against the bytes that remain before it is read."""
+    f = io.BytesIO(data)
+    while True:
+        pos = f.tell()
+        code = f.read(1)
+        if not code:
+            raise ValueError('the pickle ends at byte %d without a STOP opcode (truncated file?)'
+                             % pos)
+        op = pickletools.code2op.get(code.decode('latin1'))
+        if op is None:
+            raise ValueError('unknown pickle opcode %r at byte %d' % (code, pos))
+        arg = None
+        if op.arg is not None:
+            arg = (_read_stringnl(f) if op.arg is pickletools.stringnl else op.arg.reader(f))
+        yield op, arg, pos
+        if op.name == 'STOP':
+            return
+
+
+def _prescan(data, path):
+    """Walk the pickle's opcodes without running them and refuse, before anything is allocated,
+    what could exhaust memory: a declared length longer than the file, a frame longer than the
+    file, a memo index far beyond the number of opcodes (CPython sizes its memo table by the
+    largest index), and opcodes a .bin never uses."""
+    count = 0
+    try:
+        for op, arg, pos in _opcodes(data):
+            count += 1
+            if op.name in _REFUSED_OPCODES:
+                raise UnsafePickleError(path, 'refusing the pickle opcode %s at byte %d: a '
+                                        'verification .bin never uses it' % (op.name, pos))
+            if op.name in _PUT_OPCODES and not 0 <= int(arg) <= count:
+                raise FaceDataError(path, 'not a readable verification .bin: pickle memo index %d '
+                                    'at byte %d is out of range (expected at most %d)'
+                                    % (int(arg), pos, count))
+            if op.name == 'FRAME' and arg > len(data) - pos:
+                raise FaceDataError(path, 'not a readable verification .bin: pickle frame of %d '
+                                    'bytes at byte %d runs past the end of the file (%d bytes, '
+                                    'truncated?)'
+                                    % (arg, pos, len(data)))
+    except FaceDataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - readers report malformed streams in several ways
+        raise FaceDataError(path, 'not a readable verification .bin (a pickle of (images, '
+                            'issame_list)): %s' % str(e)[:200]) from None
 
 
 def _as_image_bytes(obj, path, index):
@@ -78,35 +324,63 @@ def _describe(obj):
     return type(obj).__name__
 
 
+def _as_issame(issame, path):
+    """issame_list (a list/tuple of booleans or 0/1, or a 1-d bool/int array) -> bool array."""
+    if isinstance(issame, np.ndarray):
+        arr = np.asarray(issame)
+        if arr.ndim != 1 or arr.dtype.kind not in 'bui':
+            raise FaceDataError(path, 'expected issame_list to be a list of booleans, got %s'
+                                % _describe(arr))
+        bad = np.flatnonzero((arr != 0) & (arr != 1)) if arr.dtype.kind != 'b' else ()
+        if len(bad):
+            raise FaceDataError(path, 'issame_list[%d] is %r, expected True/False (or 1/0)'
+                                % (bad[0], arr[bad[0]].item()))
+        return arr.astype(bool)
+    if not isinstance(issame, (list, tuple)):
+        raise FaceDataError(path, 'expected issame_list to be a list of booleans, got %s'
+                            % _describe(issame))
+    for i, s in enumerate(issame):
+        if not isinstance(s, (bool, int, np.bool_, np.integer)) or s not in (0, 1):
+            raise FaceDataError(path, 'issame_list[%d] is %s, expected True/False (or 1/0)'
+                                % (i, _describe(s) if not isinstance(s, (bool, int)) else s))
+    return np.array([bool(s) for s in issame], dtype=bool)
+
+
 def read_bin(path):
-    """Unpickle a .bin safely -> ``(list of encoded image bytes, bool numpy array)``."""
+    """Unpickle a .bin safely -> ``(list of encoded image bytes, bool numpy array)``.
+
+    Only the types a .bin holds are accepted (lists, tuples, bytes, Python-2 str, booleans,
+    uint8/bool numpy arrays); a pickle naming anything else raises UnsafePickleError before it
+    is called, and a malformed or truncated file raises FaceDataError.
+    """
     path = os.fspath(path)
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except FileNotFoundError:
         raise FaceDataError(path, 'verification .bin not found') from None
+    except OSError as e:
+        raise FaceDataError(path, 'cannot read the verification .bin (%s)'
+                            % (e.strerror or e)) from None
+    _prescan(data, path)
     try:
-        obj = _SafeUnpickler(io.BytesIO(data), path).load()
-    except UnsafePickleError:
-        raise
+        with warnings.catch_warnings():  # protocol 0 strings with odd escapes still load
+            warnings.simplefilter('ignore', DeprecationWarning)
+            obj = _SafeUnpickler(io.BytesIO(data)).load()
+    except _Unsafe as e:
+        raise UnsafePickleError(path, str(e)) from None
+    except _Malformed as e:
+        raise FaceDataError(path, 'not a readable verification .bin: %s' % e) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a malformed file
         raise FaceDataError(path, 'not a readable verification .bin (a pickle of (images, '
-                            'issame_list)): %s: %s' % (type(e).__name__, e)) from None
+                            'issame_list)): %s: %s' % (type(e).__name__, str(e)[:200])) from None
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise FaceDataError(path, 'expected a pickled pair (images, issame_list), got %s'
                             % _describe(obj))
     bins, issame = obj
     if not isinstance(bins, (list, tuple)):
         raise FaceDataError(path, 'expected a list of encoded images, got %s' % _describe(bins))
-    try:
-        issame = np.asarray(issame)
-    except Exception:  # noqa: BLE001
-        issame = None
-    if issame is None or issame.ndim != 1 or issame.dtype.kind not in 'bui':
-        raise FaceDataError(path, 'expected issame_list to be a list of booleans')
-    if issame.dtype.kind != 'b' and not np.isin(issame, (0, 1)).all():
-        raise FaceDataError(path, 'issame_list holds values other than 0/1/True/False')
+    issame = _as_issame(issame, path)
     if len(bins) % 2:
         raise FaceDataError(path, 'odd number of images (%d): pairs are images 2i and 2i+1'
                             % len(bins))
@@ -114,7 +388,52 @@ def read_bin(path):
         raise FaceDataError(path, '%d images but %d pairs in issame_list: expected two images '
                             'a pair' % (len(bins), len(issame)))
     images = [_as_image_bytes(b, path, i) for i, b in enumerate(bins)]
-    return images, issame.astype(bool)
+    return images, issame
+
+
+def image_size_of(buf):
+    """``(height, width)`` a JPEG, PNG or BMP declares in its header, or None if not found.
+
+    Read from the header without decoding, so that a huge declared size can be refused before
+    a decoder allocates memory for it.
+    """
+    buf = bytes(buf[:1 << 16]) if len(buf) > 1 << 16 else bytes(buf)
+    if buf[:8] == b'\x89PNG\r\n\x1a\n' and len(buf) >= 24 and buf[12:16] == b'IHDR':
+        width, height = struct.unpack('>II', buf[16:24])
+        return height, width
+    if buf[:2] == b'BM' and len(buf) >= 26:
+        header = struct.unpack('<I', buf[14:18])[0]
+        if header == 12:
+            width, height = struct.unpack('<HH', buf[18:22])
+        else:
+            width, height = struct.unpack('<ii', buf[18:26])
+        return abs(height), abs(width)
+    if buf[:2] == b'\xff\xd8':
+        pos = 2
+        while pos + 4 <= len(buf):
+            if buf[pos] != 0xFF:
+                return None
+            marker = buf[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+                pos += 2
+                continue
+            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                return None
+            length = struct.unpack('>H', buf[pos + 2:pos + 4])[0]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                          0xCF):
+                if pos + 9 > len(buf):
+                    return None
+                height, width = struct.unpack('>HH', buf[pos + 5:pos + 9])
+                return height, width
+            pos += 2 + length
+    return None
+
+
+_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM')
 
 
 def decode_image(buf, path='<image>', record=None):
@@ -123,12 +442,20 @@ def decode_image(buf, path='<image>', record=None):
     Face files are encoded from BGR with OpenCV; decoding with OpenCV and converting to RGB
     gives the same pixels as ``mx.image.imdecode``.
     """
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
+    head = bytes(buf[:8])
+    if not head.startswith(_SIGNATURES):
+        raise ImageDecodeError(path, 'image does not decode: %d bytes starting %r are not a JPEG, '
+                               'PNG or BMP' % (len(buf), head[:4]), record=record)
+    size = image_size_of(buf)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(path, 'image declares %dx%d pixels (HxW), more than the %d a '
+                               'face image may have; the file is corrupt' % (*size,
+                                                                             MAX_IMAGE_PIXELS),
+                               record=record)
+    img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        head = bytes(buf[:4])
         raise ImageDecodeError(path, 'image does not decode (%d bytes starting %r); expected a '
-                            'JPEG or PNG' % (len(buf), head), record=record)
+                               'JPEG, PNG or BMP' % (len(buf), head[:4]), record=record)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -142,6 +469,12 @@ def load_bin(path, image_size=(112, 112)):
     path = os.fspath(path)
     images, issame = read_bin(path)
     height, width = image_size
+    need = 2 * len(images) * 3 * height * width * 4
+    available = _available_memory()
+    if available is not None and need > available:
+        raise FaceDataError(path, '%d images at %dx%d need %.1f GB as float32 (originals and '
+                            'flipped), but only %.1f GB of memory is available'
+                            % (len(images), height, width, need / 2 ** 30, available / 2 ** 30))
     out = np.empty((len(images), 3, height, width), dtype=np.float32)
     for i, buf in enumerate(images):
         img = decode_image(buf, path, i)
@@ -151,6 +484,18 @@ def load_bin(path, image_size=(112, 112)):
     out *= 1.0 / 255
     flipped = np.ascontiguousarray(out[:, :, :, ::-1])
     return [mnp.array(out), mnp.array(flipped)], issame
+
+
+def _available_memory():
+    """Bytes of memory available (Linux /proc/meminfo), or None where unknown."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def write_bin(path, images, issame, protocol=4):

@@ -7,14 +7,17 @@ flushed to disk and renamed, and ``checkpoint.json`` is replaced last: a crash o
 while saving leaves the previous checkpoint usable.
 """
 import contextlib
+import io
 import json
 import os
+import pickle
+import sys
 import tempfile
 
 from .errors import CheckpointError
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'save_best',
-           'atomic_write', 'write_json']
+           'atomic_write', 'write_json', 'check_states_file']
 
 STATE_FILE = 'checkpoint.json'
 BEST_FILE = 'best.json'
@@ -93,7 +96,14 @@ def _read_state(folder, name=STATE_FILE):
             state = json.load(f)
         if not isinstance(state, dict) or 'epoch' not in state:
             raise ValueError('no "epoch" field')
-    except ValueError as e:
+        if not isinstance(state['epoch'], int) or state['epoch'] < 0:
+            raise ValueError('"epoch" is %r, expected a non-negative integer' % (state['epoch'],))
+        for key in ('params', 'states'):
+            name = state.get(key)
+            if name is not None and (not isinstance(name, str) or os.path.basename(name) != name
+                                     or name in ('', '.', '..')):
+                raise ValueError('"%s" is %r, expected a file name in the folder' % (key, name))
+    except (ValueError, OSError) as e:
         raise CheckpointError('%s: not a valid checkpoint description (%s)' % (path, e)) from None
     return state
 
@@ -113,19 +123,88 @@ def load_checkpoint(folder, net, trainer=None, ctx=None):
     if state is None:
         raise CheckpointError('%s: no checkpoint to resume from (checkpoint.json missing)'
                               % folder)
-    params = os.path.join(folder, state['params'])
-    states = os.path.join(folder, state['states'])
+    params = os.path.join(folder, str(state.get('params')))
+    states = os.path.join(folder, str(state.get('states')))
     for path in (params, states) if trainer is not None else (params,):
         if not os.path.isfile(path):
-            raise CheckpointError('%s: listed in %s but missing' % (path, STATE_FILE))
+            raise CheckpointError('%s: listed in %s but missing%s'
+                                  % (path, STATE_FILE, _others(folder, path)))
     try:
         net.load_parameters(params, ctx=ctx)
-    except (AssertionError, ValueError, KeyError) as e:  # MXNet reports mismatches this way
+    except Exception as e:  # noqa: BLE001 - MXNet reports bad files and mismatches variously
+        if 'file format' in str(e) or 'fi->Read' in str(e):
+            raise CheckpointError('%s is unreadable (truncated or corrupt)%s'
+                                  % (params, _others(folder, params))) from None
         raise CheckpointError('%s does not fit this network (different depth, embedding size or '
-                              'number of classes?): %s' % (params, e)) from None
+                              'number of classes?): %s' % (params, str(e)[:500])) from None
     if trainer is not None:
-        trainer.load_states(states)
+        check_states_file(states)
+        try:
+            trainer.load_states(states)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError('%s: the trainer state does not fit this trainer (another '
+                                  'optimizer or network?): %s: %s'
+                                  % (states, type(e).__name__, str(e)[:300])) from None
     return state
+
+
+def _others(folder, path):
+    others = sorted(f for f in os.listdir(folder) if f.endswith(os.path.splitext(path)[1])
+                    and f != os.path.basename(path))
+    return ('; other checkpoints in the folder: %s' % ', '.join(others)) if others else ''
+
+
+# What MXNet's Trainer.save_states pickles: the updater states (NDArrays, in dicts and tuples)
+# and the optimizer object (with its learning-rate scheduler).
+_STATE_MODULES = {'mxnet.ndarray.ndarray': ('NDArray',), 'mxnet.numpy.multiarray': ('ndarray',),
+                  'mxnet.optimizer.optimizer': None, 'mxnet.optimizer': None,
+                  'mxnet.lr_scheduler': None}
+
+
+class _StatesUnpickler(pickle.Unpickler):
+    def __init__(self, f, path):
+        super().__init__(f)
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) == ('builtins', 'bytearray'):
+            return _bytearray_of_bytes
+        if module in _STATE_MODULES and module in sys.modules:  # loaded with mxnet already
+            from mxnet.lr_scheduler import LRScheduler
+            from mxnet.optimizer import Optimizer
+            obj = getattr(sys.modules[module], name, None)
+            allowed = _STATE_MODULES[module]
+            if isinstance(obj, type) and (name in allowed if allowed is not None else
+                                          issubclass(obj, (Optimizer, LRScheduler))):
+                return obj
+        raise CheckpointError('%s: refusing to load %s.%s: a trainer state file holds only '
+                              'NDArrays and the optimizer (loading it could run code)'
+                              % (self._path, module, name))
+
+    def persistent_load(self, pid):
+        raise CheckpointError('%s: refusing persistent id in a trainer state file' % self._path)
+
+
+def _bytearray_of_bytes(data=b'', *args):
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError('bytearray of %s' % type(data).__name__)
+    return bytearray(data)
+
+
+def check_states_file(path):
+    """Check that a trainer state file (``.states``, a pickle) holds only what
+    ``Trainer.save_states`` writes, before MXNet unpickles it: a checkpoint from elsewhere
+    cannot run code. Raises CheckpointError for anything else, or a truncated/corrupt file."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+        _StatesUnpickler(io.BytesIO(data), path).load()
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise CheckpointError('%s is unreadable (truncated or corrupt): %s: %s%s'
+                              % (path, type(e).__name__, str(e)[:200],
+                                 _others(os.path.dirname(path) or '.', path))) from None
 
 
 def save_best(folder, net, info):

@@ -5,6 +5,9 @@ A dataset folder holds ``property`` (``num_classes,H,W``), the training images e
 ``<target>.bin`` files. Items are ``(image, label)``: an RGB uint8 HWC ``mxnet.np`` array and an
 int class id.
 """
+import collections
+import multiprocessing
+import multiprocessing.context
 import os
 import random
 import threading
@@ -18,7 +21,8 @@ from .errors import FaceDataError, ImageDecodeError
 from .recordio import RecordReader
 
 __all__ = ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
-           'FaceTrainTransform', 'load_data_face_rec', 'list_val_targets', 'IMAGE_EXTENSIONS']
+           'FaceTrainTransform', 'FaceDataLoader', 'SkippedImage', 'load_data_face_rec',
+           'list_val_targets', 'IMAGE_EXTENSIONS']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
@@ -30,13 +34,16 @@ def read_facerec_meta(data_dir):
     """
     path = os.path.join(data_dir, 'property')
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
+        with open(path, encoding='utf-8-sig') as f:
+            lines = f.read(4096).splitlines()
     except FileNotFoundError:
         raise FaceDataError(path, 'property file not found; it holds "num_classes,height,width" '
                             '(e.g. "300,112,112")') from None
     except UnicodeDecodeError:
         raise FaceDataError(path, 'expected a text line "num_classes,height,width"') from None
+    except OSError as e:
+        raise FaceDataError(path, 'cannot read the property file (%s); it holds '
+                            '"num_classes,height,width"' % (e.strerror or e)) from None
     first = lines[0].strip() if lines else ''
     try:
         num_classes, height, width = (int(v) for v in first.split(','))
@@ -60,20 +67,38 @@ def write_property(data_dir, num_classes, image_size, num_images=None):
     os.replace(tmp, path)
 
 
+SkippedImage = collections.namedtuple('SkippedImage', ['path', 'record', 'reason'])
+SkippedImage.__doc__ = ('An image left out by ``skip_bad``: the file, the record (RecordIO key, '
+                        'None for an image file) and why it does not decode.')
+
+
 class _FaceDataset(gluon.data.Dataset):
-    """Shared checks of both layouts: label range, image size, optional skipping of bad images."""
+    """Shared checks of both layouts: label range, image size, optional skipping of bad images.
+
+    With ``skip_bad``, the indices of skipped images are also flagged in a small shared-memory
+    array, so that ``skipped`` lists the images skipped by DataLoader worker processes too.
+    """
 
     def __init__(self, num_classes=None, image_size=None, skip_bad=False):
         self.num_classes = num_classes
         self.image_size = tuple(image_size) if image_size else None
         self.skip_bad = skip_bad
-        self.skipped = []  # (source, record, reason) of images skipped with skip_bad
+        self._skips = {}  # item index -> SkippedImage, found in this process
+        self._skip_flags = None  # shared bytes, 1 = skipped (any process); see _share_skips
         self._lock = threading.Lock()
+
+    def _share_skips(self):
+        """Called at the end of a subclass's __init__, once the length is known."""
+        if self.skip_bad and len(self):
+            self._skip_flags = multiprocessing.RawArray('b', len(self))
 
     def _check_label(self, label, source, record):
         if self.num_classes is not None and not 0 <= label < self.num_classes:
             raise FaceDataError(source, 'label %d is outside [0, %d) given by property'
                                 % (label, self.num_classes), record=record)
+        if label < 0:
+            raise FaceDataError(source, 'label %d is negative, expected a class id >= 0'
+                                % label, record=record)
 
     def _check_size(self, img, source, record):
         if self.image_size is not None and img.shape[:2] != self.image_size:
@@ -84,29 +109,66 @@ class _FaceDataset(gluon.data.Dataset):
     def _load(self, idx):
         raise NotImplementedError
 
+    @property
+    def skipped(self):
+        """Images skipped by ``skip_bad`` so far (in this process or in worker processes), in
+        item order: a list of ``SkippedImage(path, record, reason)``."""
+        with self._lock:
+            found = dict(self._skips)
+        if self._skip_flags is not None:
+            flagged = np.frombuffer(self._skip_flags, dtype=np.int8).nonzero()[0]
+            for idx in flagged:
+                if int(idx) not in found:  # skipped in a worker process: find out why again
+                    found[int(idx)] = self._why(int(idx))
+            with self._lock:
+                for idx, item in found.items():
+                    self._skips.setdefault(idx, item)
+        return [found[i] for i in sorted(found)]
+
+    def _why(self, idx):
+        try:
+            self._load(idx)
+        except ImageDecodeError as e:
+            return SkippedImage(e.path, e.record, e.reason)
+        return SkippedImage(getattr(self, 'source', '<dataset>'), idx,
+                            'did not decode in a worker process')
+
     def __getstate__(self):  # locks do not cross process boundaries
         state = self.__dict__.copy()
         del state['_lock']
+        if multiprocessing.context.get_spawning_popen() is None:
+            state['_skip_flags'] = None  # shared memory only passes to a process being started
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def _skip(self, idx, err):
+        with self._lock:
+            self._skips.setdefault(idx, SkippedImage(err.path, err.record, err.reason))
+        if self._skip_flags is not None:
+            self._skip_flags[idx] = 1
+
     def __getitem__(self, idx):
         if not self.skip_bad:
             img, label = self._load(idx)
             return mnp.array(img, dtype='uint8'), label
         # With skip_bad, an undecodable image is replaced by the next good one and recorded.
-        for step in range(len(self)):
+        n = len(self)
+        if idx < 0:
+            idx += n
+        for step in range(n):
+            candidate = (idx + step) % n
+            if step and self._skip_flags is not None and self._skip_flags[candidate]:
+                continue  # known to be bad
             try:
-                img, label = self._load((idx + step) % len(self))
+                img, label = self._load(candidate)
                 return mnp.array(img, dtype='uint8'), label
             except ImageDecodeError as e:
-                with self._lock:
-                    if (e.path, e.record) not in {(p, r) for p, r, _ in self.skipped}:
-                        self.skipped.append((e.path, e.record, e.reason))
-        raise FaceDataError(getattr(self, 'source', '<dataset>'), 'no image decodes')
+                self._skip(candidate, e)
+        raise FaceDataError(getattr(self, 'source', '<dataset>'), 'none of the %d images '
+                            'decodes (skip_bad=True skipped them all)' % n)
 
 
 class FaceFolderDataset(_FaceDataset):
@@ -124,16 +186,16 @@ class FaceFolderDataset(_FaceDataset):
             raise FaceDataError(self.data_dir, 'dataset folder not found')
         self.items = []
         others = []
-        for name in sorted(os.listdir(self.data_dir)):
+        for name in sorted(_listdir(self.data_dir)):
             folder = os.path.join(self.data_dir, name)
             if not os.path.isdir(folder) or name.startswith('.'):
                 continue
-            if not name.isdigit():
+            if not (name.isdigit() and name.isascii()):
                 others.append(name)
                 continue
             label = int(name)
             self._check_label(label, folder, None)
-            for fname in sorted(os.listdir(folder)):
+            for fname in sorted(_listdir(folder)):
                 if fname.lower().endswith(IMAGE_EXTENSIONS):
                     self.items.append((os.path.join(folder, fname), label))
         if others and not self.items:
@@ -141,16 +203,29 @@ class FaceFolderDataset(_FaceDataset):
                                 '(00000000, 00000001, ...), found %s; convert a folder of '
                                 'per-person folders with scripts/prepare_data.py'
                                 % ', '.join(others[:3]))
+        self._share_skips()
 
     def __len__(self):
         return len(self.items)
 
     def _load(self, idx):
         path, label = self.items[idx]
-        with open(path, 'rb') as f:
-            img = decode_image(f.read(), path)
+        try:
+            with open(path, 'rb') as f:
+                buf = f.read()
+        except OSError as e:
+            raise FaceDataError(path, 'cannot read the image file (%s)' % (e.strerror or e)
+                                ) from None
+        img = decode_image(buf, path)
         self._check_size(img, path, None)
         return img, label
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError as e:
+        raise FaceDataError(folder, 'cannot list the folder (%s)' % (e.strerror or e)) from None
 
 
 class FaceRecordDataset(_FaceDataset):
@@ -164,39 +239,63 @@ class FaceRecordDataset(_FaceDataset):
     """
 
     def __init__(self, rec_path, idx_path=None, num_classes=None, image_size=None,
-                 skip_bad=False):
+                 skip_bad=False, partial_index=False):
         super().__init__(num_classes, image_size, skip_bad)
-        self.reader = RecordReader(rec_path, idx_path)
+        self.reader = RecordReader(rec_path, idx_path, partial_index=partial_index)
         self.source = self.rec_path = self.reader.rec_path
         self.identity_ranges = None
         self.keys = self._image_keys()
+        self._share_skips()
+
+    def _header_ints(self, values, key, what):
+        """The float32 label values of a header/identity record as ints, or FaceDataError."""
+        out = []
+        for v in values:
+            if not np.isfinite(v) or v != int(v) or v < 0:
+                raise FaceDataError(self.rec_path, '%s: expected non-negative integer key '
+                                    'numbers, got %s' % (what, [float(x) for x in values]),
+                                    record=key)
+            out.append(int(v))
+        return out
 
     def _image_keys(self):
         reader = self.reader
         if not reader.keys:
             return []
-        first = reader.keys[0]
+        first = 0 if 0 in reader else reader.keys[0]
         header, img = reader.read_header(first)
         if header.flag == 0 or len(img) > 0:
             return list(reader.keys)  # headerless: record 0 is an ordinary image
         if header.flag < 2:
             raise FaceDataError(self.rec_path, 'header record has %d label value(s), expected '
                                 '[first identity key, end key]' % header.flag, record=first)
-        a, b = (int(round(float(v))) for v in header.label[:2])
+        a, b = self._header_ints(header.label[:2], first,
+                                 'header record label [first identity key, end key]')
         if not 1 <= a <= b:
             raise FaceDataError(self.rec_path, 'header record label [%d, %d] is not a valid '
-                                '[first identity key, end key] pair' % (a, b), record=first)
+                                '[first identity key, end key] pair (expected 1 <= first <= end)'
+                                % (a, b), record=first)
         missing = [k for k in (1, a - 1) if k < a and k not in reader]
         if missing:
             raise FaceDataError(reader.idx_path, 'header record says images are keys 1..%d but '
                                 'key %d is not in the index' % (a - 1, missing[0]))
+        if b - a > len(reader):
+            raise FaceDataError(self.rec_path, 'header record announces %d identity records '
+                                '(keys %d..%d) but the index has only %d records'
+                                % (b - a, a, b - 1, len(reader)), record=first)
         if b > a and a in reader and (b - 1) in reader:
             self.identity_ranges = {}
             for class_id, key in enumerate(range(a, b)):
                 if key in reader:
                     lab = reader.read_header(key)[0].label
                     if np.ndim(lab) and len(lab) >= 2:
-                        self.identity_ranges[class_id] = (int(lab[0]), int(lab[1]))
+                        lo, hi = self._header_ints(lab[:2], key, 'identity record label '
+                                                   '[first image key, end key]')
+                        if lo > hi:
+                            raise FaceDataError(self.rec_path, 'identity record of class %d '
+                                                'gives the key range [%d, %d), expected '
+                                                'start <= end' % (class_id, lo, hi), record=key)
+                        self.identity_ranges[class_id] = (lo, hi)
         return [k for k in reader.keys if 1 <= k < a]
 
     def __len__(self):
@@ -212,7 +311,8 @@ class FaceRecordDataset(_FaceDataset):
             header.label[0] if len(header.label) else None)
         if value is None or not np.isfinite(value) or value != int(value):
             raise FaceDataError(self.rec_path, 'expected an integer class id as label (or as '
-                                'label[0]), got %r' % (header.label,), record=key)
+                                'label[0]), got %s' % (np.round(header.label, 4).tolist(),),
+                                record=key)
         label = int(value)
         self._check_label(label, self.rec_path, key)
         return label
@@ -276,6 +376,24 @@ def _load_val_set(data_dir, val_targets, image_size):
     return val_set
 
 
+class FaceDataLoader(gluon.data.DataLoader):
+    """The loader ``load_data_face_rec`` returns: a gluon DataLoader that also tells what it reads.
+
+    ``dataset_info``: dict(source, images, num_classes, image_size); ``face_dataset``: the
+    FaceRecordDataset / FaceFolderDataset behind it; ``skipped``: the images left out so far by
+    ``skip_bad=True`` (also those skipped in worker processes), a list of
+    ``SkippedImage(path, record, reason)``.
+    """
+
+    def __init__(self, dataset, face_dataset, dataset_info, **kwargs):
+        self.face_dataset, self.dataset_info = face_dataset, dataset_info
+        super().__init__(dataset, **kwargs)
+
+    @property
+    def skipped(self):
+        return self.face_dataset.skipped
+
+
 def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle=True,
                        skip_bad=False, num_parts=1, part_index=0, thread_pool=True, seed=None):
     """The chapter's loader -> ``(loader, val_set)``.
@@ -286,6 +404,10 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
     ``load_bin(data_dir/<target>.bin)``. ``num_parts``/``part_index`` give a worker of a
     distributed run its share of the images. Images are decoded by ``num_workers`` threads
     (OpenCV releases the GIL) or processes (``thread_pool=False``).
+
+    Labels and image sizes are checked against ``property``; an image that does not decode
+    raises ImageDecodeError, or with ``skip_bad=True`` is replaced by the next good one and
+    listed in ``loader.skipped`` (a FaceDataLoader).
     """
     image_size, num_classes = read_facerec_meta(data_dir)
     rec_path = os.path.join(data_dir, 'train.rec')
@@ -295,20 +417,27 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
     else:
         dataset = FaceFolderDataset(data_dir, num_classes=num_classes, image_size=image_size,
                                     skip_bad=skip_bad)
+    face_dataset = dataset
+    if len(dataset) == 0:
+        raise FaceDataError(dataset.source, 'no training images: expected train.rec + train.idx '
+                            'with image records, or %08d identity folders of images beside '
+                            'property')
     if num_parts > 1:
         if not 0 <= part_index < num_parts:
             raise ValueError('part_index %d outside [0, %d)' % (part_index, num_parts))
         dataset = _Shard(dataset, num_parts, part_index)
     if len(dataset) < batch_size:
-        raise FaceDataError(getattr(dataset, 'source', data_dir),
-                            '%d training images, fewer than one batch of %d (the last partial '
-                            'batch is dropped, so nothing would be trained)'
-                            % (len(dataset), batch_size))
-    loader = gluon.data.DataLoader(
-        dataset.transform_first(FaceTrainTransform(seed=seed)), batch_size=batch_size,
-        shuffle=shuffle, last_batch='discard', num_workers=num_workers, thread_pool=thread_pool)
-    loader.dataset_info = dict(source=getattr(dataset, 'source', data_dir), images=len(dataset),
-                               num_classes=num_classes, image_size=image_size)
+        raise FaceDataError(face_dataset.source,
+                            '%d training images%s, fewer than one batch of %d (the last partial '
+                            'batch is dropped, so nothing would be trained); use a smaller '
+                            'batch size' % (len(dataset), ' for worker %d of %d' % (
+                                part_index, num_parts) if num_parts > 1 else '', batch_size))
+    info = dict(source=face_dataset.source, images=len(dataset), num_classes=num_classes,
+                image_size=image_size)
+    loader = FaceDataLoader(
+        dataset.transform_first(FaceTrainTransform(seed=seed)), face_dataset, info,
+        batch_size=batch_size, shuffle=shuffle, last_batch='discard', num_workers=num_workers,
+        thread_pool=thread_pool)
     val_set = _load_val_set(data_dir, val_targets, image_size)
     return loader, val_set
 

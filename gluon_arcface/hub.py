@@ -8,9 +8,11 @@ under a final name that a later run would trust.
 Some datasets are generated locally instead of downloaded (``GENERATED``); ``download_extract``
 handles both kinds.
 """
+import gzip
 import hashlib
 import importlib
 import json
+import lzma
 import os
 import re
 import shutil
@@ -18,11 +20,13 @@ import sys
 import tarfile
 import uuid
 import zipfile
+import zlib
 
 import requests
 from tqdm import tqdm
 
-from .errors import ChecksumError, DownloadError, GluonArcFaceError, UnsafeArchiveError
+from .errors import (ChecksumError, DownloadError, FaceDataError, GluonArcFaceError,
+                     UnsafeArchiveError)
 
 __all__ = ['DATA_HUB', 'DATA_URL', 'GENERATED', 'UnknownDatasetError', 'download',
            'download_extract', 'get_data_home', 'safe_extract']
@@ -194,10 +198,21 @@ def safe_extract(archive_path, dest_dir):
     """Extract a zip or tar(.gz) archive into ``dest_dir``; return its top-level entry names.
 
     Every member is checked first: an absolute path, a '..' component, or (tar) a link, device or
-    fifo raises ``UnsafeArchiveError`` before anything is written.
+    fifo raises ``UnsafeArchiveError`` before anything is written. A corrupt or truncated archive
+    raises ``FaceDataError`` naming it (``download_extract`` extracts into a temporary folder,
+    so nothing is left behind; here, members extracted before the bad one stay in ``dest_dir``).
     """
     archive_path = str(archive_path)
-    dest = os.path.abspath(dest_dir)
+    try:
+        return _safe_extract(archive_path, os.path.abspath(dest_dir))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile,
+            lzma.LZMAError) as e:
+        raise FaceDataError(archive_path, 'not a readable %s archive (%s: %s); download it again'
+                            % ('zip' if archive_path.endswith('.zip') else 'tar',
+                               type(e).__name__, e)) from None
+
+
+def _safe_extract(archive_path, dest):
     if archive_path.endswith('.zip'):
         with zipfile.ZipFile(archive_path) as zf:
             names = zf.namelist()

@@ -63,35 +63,55 @@ def unpack_record(payload, path='<record>', key=None):
 
 
 def read_index(idx_path, rec_size=None):
-    """Parse a ``.idx`` file into an ordered dict key -> byte offset, validating every line."""
+    """Parse a ``.idx`` file into an ordered dict key -> byte offset, validating every line.
+
+    Each line must be ``key<TAB>offset`` (two non-negative integers, the offset 4-byte aligned);
+    keys must be unique and, when ``rec_size`` is given, offsets inside the .rec.
+    """
     index = collections.OrderedDict()
     try:
         with open(idx_path, 'rb') as f:
             lines = f.read().split(b'\n')
     except FileNotFoundError:
         raise FaceDataError(idx_path, 'index file not found; it lists "key<TAB>offset" for each '
-                            'record of the .rec beside it (rebuild it with '
-                            'gluon_arcface.recordio.build_index)') from None
+                            'record of the .rec beside it (rebuild it with "scripts/'
+                            'prepare_data.py index REC" or gluon_arcface.recordio.build_index)'
+                            ) from None
+    except OSError as e:
+        raise FaceDataError(idx_path, 'cannot read the index file (%s); expected a text file of '
+                            '"key<TAB>offset" lines' % (e.strerror or e)) from None
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line:
             continue
         parts = line.split()
         try:
-            key, offset = int(parts[0]), int(parts[1])
-            if len(parts) != 2 or offset < 0 or offset % 4:
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
                 raise ValueError
-        except (ValueError, IndexError):
-            raise FaceDataError(idx_path, 'expected "key<TAB>offset" with a non-negative, '
-                                '4-byte aligned offset, got %r' % raw[:80], line=lineno) from None
+            key, offset = int(parts[0]), int(parts[1])
+            if offset % 4:
+                raise ValueError
+        except ValueError:
+            raise FaceDataError(idx_path, 'expected "key<TAB>offset" (two non-negative integers, '
+                                'the offset a multiple of 4), got %r'
+                                % raw[:80].decode('latin1'),
+                                line=lineno) from None
         if key in index:
-            raise FaceDataError(idx_path, 'key %d appears twice' % key, line=lineno)
+            raise FaceDataError(idx_path, 'key %d appears twice (first at offset %d, again at '
+                                'offset %d); expected each record once' % (key, index[key], offset),
+                                line=lineno)
         if rec_size is not None and offset + 8 > rec_size:
             raise FaceDataError(idx_path, 'offset %d of key %d is past the end of the .rec '
-                                '(%d bytes): the index does not belong to this .rec'
-                                % (offset, key, rec_size), line=lineno)
+                                '(%d bytes): the index does not belong to this .rec or the .rec '
+                                'is truncated' % (offset, key, rec_size), line=lineno)
         index[key] = offset
     return index
+
+
+def _flag_error(path, cflag, offset, first, record):
+    return FaceDataError(path, 'unexpected continuation flag %d at byte %d (expected %s)'
+                         % (cflag, offset, '0 (whole record) or 1 (first part)' if first else
+                            '2 (middle part) or 3 (last part)'), record=record)
 
 
 class RecordReader:
@@ -99,18 +119,28 @@ class RecordReader:
 
     ``keys`` lists the record keys in index order; ``read(key)`` returns the payload bytes.
     Safe to use from several threads or processes (each process opens its own file handle).
+
+    On opening, the index is validated line by line and the record it lists last (by offset)
+    must end where the .rec ends: a .rec cut short, or an .idx that does not list the records
+    at the end of the .rec, is reported at once rather than in the middle of training.
+    ``partial_index=True`` accepts an index that deliberately lists only some records.
+    No read is larger than the file: a corrupt length field cannot make the reader allocate
+    more memory than the .rec holds.
     """
 
-    def __init__(self, rec_path, idx_path=None):
+    def __init__(self, rec_path, idx_path=None, partial_index=False):
         self.rec_path = os.fspath(rec_path)
         self.idx_path = (os.fspath(idx_path) if idx_path
                          else os.path.splitext(self.rec_path)[0] + '.idx')
         if not os.path.isfile(self.rec_path):
             raise FaceDataError(self.rec_path, 'RecordIO file not found')
         self.size = os.path.getsize(self.rec_path)
+        self._fh, self._pid = None, None
         self.index = read_index(self.idx_path, self.size)
         self.keys = list(self.index)
-        self._fh, self._pid = None, None
+        self.partial_index = partial_index
+        if self.index:
+            self._check_end()
 
     def __len__(self):
         return len(self.index)
@@ -120,8 +150,53 @@ class RecordReader:
 
     def _file(self):
         if self._fh is None or self._pid != os.getpid():
-            self._fh, self._pid = open(self.rec_path, 'rb'), os.getpid()
+            try:
+                self._fh, self._pid = open(self.rec_path, 'rb'), os.getpid()
+            except OSError as e:
+                raise FaceDataError(self.rec_path, 'cannot open the RecordIO file (%s)'
+                                    % (e.strerror or e)) from None
         return self._fh
+
+    def _parts(self, key, offset):
+        """Yield ``(data offset, length)`` of each part of the record at ``offset``."""
+        first = True
+        while True:
+            head = os.pread(self._file().fileno(), 8, offset)
+            if len(head) < 8:
+                raise FaceDataError(self.rec_path, 'file ends inside the record header at byte %d '
+                                    '(expected 8 bytes: magic and length; truncated .rec?)'
+                                    % offset, record=key)
+            magic, lrec = _WORD.unpack(head)
+            if magic != RECORD_MAGIC:
+                raise FaceDataError(self.rec_path, 'expected the RecordIO magic 0xced7230a at byte '
+                                    '%d, found 0x%08x: the .idx does not match the .rec or the '
+                                    'file is corrupt' % (offset, magic), record=key)
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            if cflag > 3 or (cflag in (0, 1)) != first:
+                raise _flag_error(self.rec_path, cflag, offset, first, key)
+            if offset + 8 + length > self.size:
+                raise FaceDataError(self.rec_path, 'record part at byte %d announces %d bytes but '
+                                    'the file ends %d bytes later (truncated .rec?)'
+                                    % (offset, length, self.size - offset - 8), record=key)
+            yield offset + 8, length
+            offset += 8 + ((length + 3) & ~3)
+            if cflag in (0, 3):
+                return
+            first = False
+
+    def _check_end(self):
+        key, offset = max(self.index.items(), key=lambda item: item[1])
+        end = offset
+        for data_offset, length in self._parts(key, offset):
+            end = data_offset + length
+        padded = (end + 3) & ~3
+        if not self.partial_index and not end <= self.size <= padded:
+            raise FaceDataError(self.idx_path, 'the last indexed record (key %d) ends at byte %d '
+                                'but %s has %d bytes: the index does not list every record of '
+                                'the .rec (rebuild it with "scripts/prepare_data.py index REC" or '
+                                'gluon_arcface.recordio.build_index, or pass partial_index=True '
+                                'to use a subset on purpose)'
+                                % (key, padded, self.rec_path, self.size))
 
     def read(self, key):
         """Payload bytes of record ``key`` (multi-part records joined with the magic word)."""
@@ -130,31 +205,15 @@ class RecordReader:
         except KeyError:
             raise FaceDataError(self.idx_path, 'no record with key %r' % (key,)) from None
         # os.pread keeps concurrent readers (thread pools) from racing on a shared file position.
-        fd = self._file().fileno()
         parts = []
-        while True:
-            head = os.pread(fd, 8, offset)
-            if len(head) < 8:
-                raise FaceDataError(self.rec_path, 'file ends inside the record header at byte %d '
-                                    '(truncated .rec?)' % offset, record=key)
-            magic, lrec = _WORD.unpack(head)
-            if magic != RECORD_MAGIC:
-                raise FaceDataError(self.rec_path, 'expected the RecordIO magic 0xced7230a at byte '
-                                    '%d, found 0x%08x: the .idx does not match the .rec or the '
-                                    'file is corrupt' % (offset, magic), record=key)
-            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
-            if (cflag in (0, 1)) != (not parts) or cflag > 3:
-                raise FaceDataError(self.rec_path, 'unexpected continuation flag %d at byte %d'
-                                    % (cflag, offset), record=key)
-            data = os.pread(fd, length, offset + 8)
+        for data_offset, length in self._parts(key, offset):
+            data = os.pread(self._file().fileno(), length, data_offset)
             if len(data) < length:
                 raise FaceDataError(self.rec_path, 'record of %d bytes at byte %d is cut short '
-                                    'after %d bytes (truncated .rec?)'
-                                    % (length, offset, len(data)), record=key)
+                                    'after %d bytes (the file shrank while reading?)'
+                                    % (length, data_offset - 8, len(data)), record=key)
             parts.append(data)
-            offset += 8 + ((length + 3) & ~3)
-            if cflag in (0, 3):
-                return _MAGIC_BYTES.join(parts)
+        return _MAGIC_BYTES.join(parts)
 
     def read_header(self, key):
         """``(IRHeader, image_bytes)`` of record ``key``."""
@@ -178,13 +237,20 @@ class RecordReader:
 
 
 def scan_records(rec_path):
-    """Yield ``(offset, payload)`` of each record, reading the .rec sequentially."""
+    """Yield ``(offset, payload)`` of each record, reading the .rec sequentially.
+
+    Errors name the record by its position (0, 1, 2, ...), the key ``build_index`` gives it.
+    """
     try:
         f = open(rec_path, 'rb')
     except FileNotFoundError:
         raise FaceDataError(rec_path, 'RecordIO file not found') from None
+    except OSError as e:
+        raise FaceDataError(rec_path, 'cannot open the RecordIO file (%s)'
+                            % (e.strerror or e)) from None
     with f:
-        offset = 0
+        size = os.fstat(f.fileno()).st_size
+        offset, number = 0, 0
         while True:
             start, parts = offset, []
             while True:
@@ -192,22 +258,32 @@ def scan_records(rec_path):
                 if not head and not parts:
                     return
                 if len(head) < 8:
-                    raise FaceDataError(rec_path, 'file ends inside a record header at byte %d'
-                                        % offset)
+                    raise FaceDataError(rec_path, 'file ends inside a record header at byte %d '
+                                        '(expected 8 bytes: magic and length; truncated .rec?)'
+                                        % offset, record=number)
                 magic, lrec = _WORD.unpack(head)
                 if magic != RECORD_MAGIC:
-                    raise FaceDataError(rec_path, 'expected the RecordIO magic at byte %d, found '
-                                        '0x%08x' % (offset, magic))
+                    raise FaceDataError(rec_path, 'expected the RecordIO magic 0xced7230a at byte '
+                                        '%d, found 0x%08x: the file is corrupt or not a .rec'
+                                        % (offset, magic), record=number)
                 cflag, length = lrec >> 29, lrec & _LENGTH_MASK
-                padded = (length + 3) & ~3
+                if cflag > 3 or (cflag in (0, 1)) != (not parts):
+                    raise _flag_error(rec_path, cflag, offset, not parts, number)
+                if offset + 8 + length > size:
+                    raise FaceDataError(rec_path, 'record part at byte %d announces %d bytes but '
+                                        'the file ends %d bytes later (truncated .rec?)'
+                                        % (offset, length, size - offset - 8), record=number)
+                padded = min((length + 3) & ~3, size - offset - 8)  # the last pad may be missing
                 data = f.read(padded)
                 if len(data) < padded:
-                    raise FaceDataError(rec_path, 'record at byte %d is cut short' % offset)
+                    raise FaceDataError(rec_path, 'record at byte %d is cut short (the file '
+                                        'shrank while reading?)' % offset, record=number)
                 parts.append(data[:length])
                 offset += 8 + padded
                 if cflag in (0, 3):
                     break
             yield start, _MAGIC_BYTES.join(parts)
+            number += 1
 
 
 def build_index(rec_path, idx_path=None):
