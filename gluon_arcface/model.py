@@ -3,17 +3,32 @@
 FaceResNet is the "IR" ResNet of ArcFace for 112x112 faces: a stride-1 stem, four stages that each
 begin with a stride-2 block, and an embedding head (BN, optional Dropout, Flatten, Dense).
 All blocks use NumPy semantics (``npx.set_np()``, called when the package is imported).
+
+Speed on CPU: MXNet 1.9.1's own PReLU (``LeakyReLU(act_type='prelu')``) is not a oneDNN operator;
+its kernel (the per-channel slope gradient in particular) and the layout reorders around it cost
+about half of a training step. With ``fast=True`` (the default) the blocks compute the very same
+function with oneDNN operators only: in each residual unit, BN2 + PReLU + conv2 become a BatchNorm
+and a fused BatchNorm+ReLU with rescaled gamma/beta, a sum, and conv2 with sign-adjusted weights
+(:func:`bn_prelu_conv`); the stem's PReLU is ``alpha*x + (1-alpha)*relu(x)`` with two depthwise
+1x1 convolutions (:class:`PReLU`); the residual sum is the legacy ``elemwise_add`` (oneDNN sum)
+instead of the NumPy ``+``. Parameter names, shapes and values are those of the plain blocks
+(``fast=False``: ``nn.PReLU`` and ``+``), so checkpoints load into either.
+:func:`inference_net` makes a frozen copy for inference with MXNet's oneDNN graph fusion.
 """
+import os
+
 from mxnet import init
 from mxnet.gluon import nn
 
 from .margin import ArcMarginBlock
 
 __all__ = ['BasicBlockV3', 'FaceResNet', 'get_faceresnet', 'faceresnet_spec',
-           'TrainBlock', 'TestBlock', 'BN_EPS', 'STANDARDIZE_EPS']
+           'TrainBlock', 'TestBlock', 'PReLU', 'bn_prelu_conv', 'inference_net',
+           'inference_nets', 'mkldnn_enabled', 'BN_EPS', 'STANDARDIZE_EPS', 'PRELU_INIT']
 
 BN_EPS = 2e-5
 STANDARDIZE_EPS = 2e-5
+PRELU_INIT = 0.25  # InsightFace's initial PReLU slope
 CHANNELS = (64, 128, 256, 512)
 UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 
@@ -26,26 +41,135 @@ def faceresnet_spec(num_layers):
     return UNITS[num_layers]
 
 
-def _prelu(channels):
+class PReLU(nn.HybridBlock):
+    """Per-channel PReLU, ``f(x) = x`` where ``x > 0`` and ``alpha[c] * x`` elsewhere, from oneDNN
+    operators: ``alpha * x + (1 - alpha) * relu(x)``.
+
+    The two per-channel scales are depthwise 1x1 convolutions whose weights are ``alpha`` and
+    ``1 - alpha``, so the slope gradient is a oneDNN weight gradient and no layout reorder is
+    needed between the surrounding convolutions. Same parameter as ``gluon.nn.PReLU``: ``alpha``
+    of shape ``(in_channels,)`` (and the same name prefix, ``prelu<i>_``), so the two are
+    interchangeable in checkpoints; ``alpha_initializer`` defaults to Constant(0.25). Input:
+    (N, C, H, W) with C = ``in_channels``.
+    """
+
+    def __init__(self, in_channels, alpha_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels = in_channels
+        if alpha_initializer is None:
+            alpha_initializer = init.Constant(PRELU_INIT)
+        with self.name_scope():
+            self.alpha = self.params.get('alpha', shape=(in_channels,), init=alpha_initializer)
+
+    def _alias(self):
+        return 'prelu'  # the prefix of gluon.nn.PReLU, hence the same parameter names
+
+    def hybrid_forward(self, F, x, alpha):
+        c = self.in_channels
+        x = x.as_nd_ndarray()  # legacy operators: Convolution/Activation/elemwise_add are oneDNN
+        slope = F.reshape(alpha.as_nd_ndarray(), shape=(c, 1, 1, 1))
+        linear = F.Convolution(x, slope, kernel=(1, 1), num_filter=c, num_group=c, no_bias=True)
+        positive = F.Convolution(F.Activation(x, act_type='relu'), 1 - slope, kernel=(1, 1),
+                                 num_filter=c, num_group=c, no_bias=True)
+        return F.elemwise_add(linear, positive).as_np_ndarray()
+
+    def __repr__(self):
+        return '%s(%d)' % (self.__class__.__name__, self.in_channels)
+
+
+def _prelu(channels, fast=True):
     # One learned slope per channel, initialised at 0.25 as in InsightFace.
-    return nn.PReLU(alpha_initializer=init.Constant(0.25), in_channels=channels)
+    if fast:
+        return PReLU(channels)
+    return nn.PReLU(alpha_initializer=init.Constant(PRELU_INIT), in_channels=channels)
+
+
+def _add(F, a, b, fast):
+    """a + b; with ``fast`` the legacy elemwise_add, a oneDNN sum without layout reorders."""
+    if fast:
+        return F.elemwise_add(a.as_nd_ndarray(), b.as_nd_ndarray()).as_np_ndarray()
+    return a + b
+
+
+def _legacy(v):
+    return v.as_nd_ndarray() if hasattr(v, 'as_nd_ndarray') else v
+
+
+def _param_inputs(F, like, params):
+    """The arrays (imperative) or variables (hybridized) of child blocks' parameters, as legacy
+    arrays/symbols, to use them in a parent's hybrid_forward."""
+    import mxnet as mx
+    if F is mx.sym:
+        return [_legacy(p.var()) for p in params]
+    return [_legacy(p.data(like.ctx)) for p in params]
+
+
+def _fused_relu_available(block):
+    """Whether oneDNN's BatchNorm+ReLU (``_contrib_BatchNormWithReLU``) runs here: oneDNN on and
+    the parameters on CPU."""
+    if not mkldnn_enabled():
+        return False
+    try:
+        return all(c.device_type == 'cpu' for c in block.gamma.list_ctx())
+    except RuntimeError:  # not initialised yet: the default context
+        import mxnet as mx
+        return mx.current_context().device_type == 'cpu'
+
+
+def bn_prelu_conv(F, z, bn, prelu, conv):
+    """``conv(prelu(bn(z)))`` with oneDNN operators only, from the three blocks' parameters.
+
+    With ``y = bn(z)`` and, per channel, ``k = 1 - alpha`` and ``s = +1`` if ``k >= 0`` else -1:
+    ``prelu(y) = alpha*y + k*relu(y) = s * (s*alpha*y + relu(|k|*y))``. BatchNorm is affine in
+    its gamma and beta, so ``s*alpha*y`` is BatchNorm(z) with gamma and beta scaled by
+    ``s*alpha``, and ``relu(|k|*y)`` is the fused BatchNorm+ReLU with them scaled by ``|k|``
+    (``|k| >= 0`` commutes with relu); both see the same batch statistics, and only the first
+    updates the running statistics (the second has momentum 1). The sign ``s`` goes into the
+    convolution's weights (per input channel): a small weight-side product instead of a pass
+    over the activations. No per-channel activation kernel, no layout reorder, and the slope
+    gradient comes from BatchNorm's gamma/beta gradients. (At ``alpha == 1`` exactly the slope
+    gradient is one-sided: ``y`` instead of ``min(y, 0)``.)
+    """
+    gamma, beta, mean, var, alpha, weight = _param_inputs(
+        F, z, [bn.gamma, bn.beta, bn.running_mean, bn.running_var, prelu.alpha, conv.weight])
+    z = z.as_nd_ndarray()
+    k = 1 - alpha
+    sign = 2 * (k >= 0) - 1
+    ak = sign * k  # |k|
+    sa = sign * alpha
+    options = dict(bn._kwargs)
+    linear = F.BatchNorm(z, sa * gamma, sa * beta, mean, var, **options)
+    options['momentum'] = 1.0  # the running statistics are updated once, by `linear`
+    if _fused_relu_available(bn):
+        positive = F.contrib.BatchNormWithReLU(z, ak * gamma, ak * beta, mean, var, **options)
+    else:
+        positive = F.Activation(F.BatchNorm(z, ak * gamma, ak * beta, mean, var, **options),
+                                act_type='relu')
+    u = F.elemwise_add(linear, positive)
+    # elemwise_mul with a full-size sign: broadcast_mul's backward would reduce over the weight
+    # for the (unused) gradient of the sign, a slow pass.
+    sign = F.BlockGrad(F.broadcast_like(F.reshape(sign, shape=(1, -1, 1, 1)), weight))
+    weight = F.elemwise_mul(weight, sign)
+    return F.Convolution(u, weight, **conv._kwargs).as_np_ndarray()
 
 
 class BasicBlockV3(nn.HybridBlock):
     """The "IR" residual unit: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN plus a shortcut.
 
     The shortcut is conv1x1(stride)+BN when ``downsample``, else the identity. No activation
-    follows the sum.
+    follows the sum. ``fast`` selects the oneDNN-only operators (see the module notes); the
+    function and the parameters are the same either way.
     """
 
-    def __init__(self, channels, stride, downsample=False, in_channels=0, **kwargs):
+    def __init__(self, channels, stride, downsample=False, in_channels=0, fast=True, **kwargs):
         super().__init__(**kwargs)
+        self.fast = fast
         with self.name_scope():
             self.body = nn.HybridSequential(prefix='')
             self.body.add(nn.BatchNorm(epsilon=BN_EPS, in_channels=in_channels),
                           nn.Conv2D(channels, 3, 1, 1, use_bias=False, in_channels=in_channels),
                           nn.BatchNorm(epsilon=BN_EPS, in_channels=channels),
-                          _prelu(channels),
+                          _prelu(channels, fast),
                           nn.Conv2D(channels, 3, stride, 1, use_bias=False, in_channels=channels),
                           nn.BatchNorm(epsilon=BN_EPS, in_channels=channels))
             if downsample:
@@ -58,30 +182,38 @@ class BasicBlockV3(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         residual = self.downsample(x) if self.downsample is not None else x
-        return self.body(x) + residual
+        if not self.fast:
+            return self.body(x) + residual
+        bn1, conv1, bn2, prelu, conv2, bn3 = self.body
+        # BN2, PReLU and conv2 from their parameters with oneDNN operators (bn_prelu_conv).
+        out = bn3(bn_prelu_conv(F, conv1(bn1(x)), bn2, prelu, conv2))
+        return _add(F, out, residual, True)
 
 
 class FaceResNet(nn.HybridBlock):
     """ResNet for aligned faces: (N, 3, H, W) float32 -> (N, emb_size) embeddings.
 
     ``units`` gives the residual units per stage (channels 64, 128, 256, 512); each stage halves
-    the resolution, so 112x112 inputs end at 7x7x512 before the embedding head.
+    the resolution, so 112x112 inputs end at 7x7x512 before the embedding head. ``fast=False``
+    builds the plain blocks (``nn.PReLU``, NumPy ``+``): same function, same parameters, slower on
+    CPU.
     """
 
-    def __init__(self, units, emb_size=256, use_dropout=False, **kwargs):
+    def __init__(self, units, emb_size=256, use_dropout=False, fast=True, **kwargs):
         super().__init__(**kwargs)
-        self.emb_size = emb_size
+        self.emb_size, self.fast = emb_size, fast
         with self.name_scope():
             self.features = nn.HybridSequential(prefix='')
             self.features.add(nn.Conv2D(CHANNELS[0], 3, 1, 1, use_bias=False, in_channels=3),
                               nn.BatchNorm(epsilon=BN_EPS, in_channels=CHANNELS[0]),
-                              _prelu(CHANNELS[0]))
+                              _prelu(CHANNELS[0], fast))
             in_channels = CHANNELS[0]
             for num_units, channels in zip(units, CHANNELS):
                 stage = nn.HybridSequential(prefix='')
-                stage.add(BasicBlockV3(channels, 2, downsample=True, in_channels=in_channels))
+                stage.add(BasicBlockV3(channels, 2, downsample=True, in_channels=in_channels,
+                                       fast=fast))
                 for _ in range(num_units - 1):
-                    stage.add(BasicBlockV3(channels, 1, in_channels=channels))
+                    stage.add(BasicBlockV3(channels, 1, in_channels=channels, fast=fast))
                 self.features.add(stage)
                 in_channels = channels
             self.output = nn.HybridSequential(prefix='')
@@ -94,14 +226,16 @@ class FaceResNet(nn.HybridBlock):
         return self.output(self.features(x))
 
 
-def get_faceresnet(num_layers, emb_size=256, use_dropout=False, do_init=True, **kwargs):
+def get_faceresnet(num_layers, emb_size=256, use_dropout=False, do_init=True, fast=True,
+                   **kwargs):
     """Build FaceResNet-``num_layers`` (18, 34, 50, 100) with an ``emb_size``-d embedding.
 
     With ``do_init`` the parameters are initialised (Xavier gaussian, factor 'out', magnitude 2;
     PReLU slopes 0.25); the Dense input size is inferred at the first forward pass. A TestBlock
-    passes ``do_init=False`` because it takes its parameters from a TrainBlock.
+    passes ``do_init=False`` because it takes its parameters from a TrainBlock. ``fast=False``
+    gives the plain blocks (``nn.PReLU``): same function and parameter names.
     """
-    net = FaceResNet(faceresnet_spec(num_layers), emb_size, use_dropout, **kwargs)
+    net = FaceResNet(faceresnet_spec(num_layers), emb_size, use_dropout, fast=fast, **kwargs)
     if do_init:
         net.initialize(init.Xavier(rnd_type='gaussian', factor_type='out', magnitude=2))
     return net
@@ -114,17 +248,19 @@ class TrainBlock(nn.HybridBlock):
     The embeddings are standardised per dimension over the batch (per device shard under data
     parallelism) before the margin head. ``margin`` holds ArcMarginBlock's keyword arguments;
     ``head`` replaces the margin head by another block taking ``(emb, y)`` (e.g. SoftmaxBlock).
+    ``fast=False`` builds the plain FaceResNet blocks (``nn.PReLU``; same function and names).
     """
 
     def __init__(self, num_layers, emb_size, num_classes, use_dropout, margin=None, head=None,
-                 **kwargs):
+                 fast=True, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.emb_size, self.num_classes = num_layers, emb_size, num_classes
-        self.use_dropout = use_dropout
+        self.use_dropout, self.fast = use_dropout, fast
         with self.name_scope():
             # prefix='' keeps feat_net's parameter names equal to the TestBlock's.
             self.feat_net = nn.HybridSequential(prefix='')
-            self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=True))
+            self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=True,
+                                             fast=fast))
             if head is not None:
                 self.margin_block = head
             else:
@@ -147,12 +283,92 @@ class TestBlock(nn.HybridBlock):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, num_layers, emb_size, use_dropout, **kwargs):
+    def __init__(self, num_layers, emb_size, use_dropout, fast=True, **kwargs):
         super().__init__(**kwargs)
-        self.num_layers, self.emb_size = num_layers, emb_size
+        self.num_layers, self.emb_size, self.fast = num_layers, emb_size, fast
         with self.name_scope():
             self.feat_net = nn.HybridSequential(prefix='')
-            self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=False))
+            self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=False,
+                                             fast=fast))
 
     def hybrid_forward(self, F, x):
         return self.feat_net(x)
+
+
+def _embedding_net(net):
+    """The FaceResNet inside ``net`` (a FaceResNet, TestBlock or TrainBlock), or None."""
+    if isinstance(net, FaceResNet):
+        return net
+    feat_net = getattr(net, 'feat_net', None)
+    if feat_net is not None and len(feat_net) == 1 and isinstance(feat_net[0], FaceResNet):
+        return feat_net[0]
+    return None
+
+
+def mkldnn_enabled():
+    """Whether this MXNet build runs oneDNN (MKLDNN) operators (and MXNET_MKLDNN_ENABLED != 0)."""
+    try:
+        from mxnet.runtime import Features
+        built = Features().is_enabled('MKLDNN')
+    except Exception:  # pragma: no cover - very old or unusual builds
+        return False
+    return built and os.environ.get('MXNET_MKLDNN_ENABLED', '1') != '0'
+
+
+def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True):
+    """A frozen copy of an embedding network for the fastest correct inference on this build.
+
+    ``net``: a TestBlock, a FaceResNet or a TrainBlock (its FaceResNet is taken). The copy is a
+    FaceResNet with the oneDNN-friendly blocks (``fast=True``) holding copies of the current
+    parameter values, hybridized with static shapes and, on CPU with oneDNN, MXNet's oneDNN
+    graph fusion (``backend='MKLDNN'``: convolution+BatchNorm folding, convolution+sum and
+    convolution+ReLU fusion). The fused operators fold the weights once, so the copy does not
+    follow later training updates: build a new one after the parameters change (copying
+    FaceResNet-18 and building its graph takes about a second). ``input_shape`` (N, 3, H, W)
+    completes a deferred initialisation of ``net`` if needed and, with ``warmup``, builds the
+    graph at once for that shape.
+    ``backend``: 'auto' (MKLDNN when available on a CPU context), 'MKLDNN' or None.
+    Returns a block: ``block(x) -> embeddings`` as with ``net``; call it in predict mode.
+    """
+    from mxnet import autograd
+    from mxnet import np as mnp
+    source = _embedding_net(net)
+    if source is None:
+        raise TypeError('inference_net takes a FaceResNet, TestBlock or TrainBlock, got %s'
+                        % type(net).__name__)
+    params = source._collect_params_with_prefix()
+    first = next(iter(params.values()))
+    ctx = ctx or first.list_ctx()[0]
+    if any(p._deferred_init for p in params.values()):  # e.g. the Dense input size
+        if input_shape is None:
+            raise ValueError('the network has not run yet (deferred initialisation): pass '
+                             'input_shape')
+        with autograd.predict_mode():
+            source(mnp.zeros((1,) + tuple(input_shape[1:]), ctx=ctx)).wait_to_read()
+    units = tuple(len(stage) for stage in list(source.features)[3:])
+    use_dropout = any(isinstance(b, nn.Dropout) for b in source.output)
+    copy = FaceResNet(units, source.emb_size, use_dropout, fast=True)
+    targets = copy._collect_params_with_prefix()
+    for name, param in params.items():
+        data = param.data(ctx)
+        targets[name].shape = data.shape  # the Dense input size may still be deferred
+        targets[name].initialize(init.Zero(), ctx=ctx)
+        targets[name].set_data(data)
+    if backend == 'auto':
+        backend = 'MKLDNN' if ctx.device_type == 'cpu' and mkldnn_enabled() else None
+    if backend:
+        copy.hybridize(static_alloc=True, static_shape=True, backend=backend)
+    else:
+        copy.hybridize(static_alloc=True, static_shape=True)
+    if input_shape is not None and warmup:
+        with autograd.predict_mode():
+            copy(mnp.zeros(tuple(input_shape), ctx=ctx)).wait_to_read()
+    return copy
+
+
+def inference_nets(net, ctx, input_shape=None):
+    """One :func:`inference_net` copy of ``net`` per context in ``ctx`` (a list), or ``net``
+    itself for each when it is not a FaceResNet-based block (e.g. a SymbolBlock)."""
+    if _embedding_net(net) is None:
+        return [net] * len(ctx)
+    return [inference_net(net, input_shape, ctx=c, warmup=False) for c in ctx]

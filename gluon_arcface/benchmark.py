@@ -1,0 +1,505 @@
+"""Throughput measurements behind ``scripts/benchmark.py``: training step, verification inference
+and the data loader, with PyTorch side by side when it is installed (it is not a dependency).
+
+Every figure is images per second. Cases that are compared run in the same process, their timing
+windows interleaved round by round (A B C A B C ...), so that load from other processes on a
+shared machine slows all of them alike; the report gives the median over the rounds, and each
+ratio is the median of the per-round ratios.
+
+Training cases (one SGD step on a fixed batch, FaceResNet + ArcFace head, softmax cross-entropy):
+
+- ``mx_imperative``: the plain blocks (``gluon.nn.PReLU``, written as in the chapter), imperative;
+- ``mx_hybridized``: the same blocks hybridized with ``static_alloc`` / ``static_shape``;
+- ``mx_default``: what ``train_ch_facerec`` does with a ``TrainBlock``: the package's blocks
+  (``fast=True``), hybridized with static_alloc/static_shape, ``split_and_load``, forward +
+  backward, loss read back, ``trainer.step``;
+- ``torch_nchw`` / ``torch_channels_last``: the same network in PyTorch.
+
+Inference cases (embeddings of a batch in predict mode): ``mx_imperative`` and
+``mx_hybridized`` (the plain blocks, imperative and hybridized with static_alloc/static_shape),
+``mx_default`` (the package's blocks, hybridized likewise), ``mx_fast`` (:func:`inference_net`,
+the fastest correct path, which ``compute_embeddings`` uses) and ``torch_channels_last`` (eval
+mode, no_grad).
+"""
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as onp
+import mxnet as mx
+from mxnet import autograd, gluon
+from mxnet import np as mnp
+
+from .model import CHANNELS, BN_EPS, PRELU_INIT, STANDARDIZE_EPS, TestBlock, TrainBlock, \
+    faceresnet_spec, inference_net
+from .margin import COS_CLIP, NORM_EPS
+
+__all__ = ['TRAIN_CASES', 'INFER_CASES', 'torch_available', 'interleaved', 'mx_train_case',
+           'torch_train_case', 'mx_infer_case', 'torch_infer_case', 'make_rec_dataset',
+           'loader_throughput', 'run_benchmark', 'format_report', 'machine_info']
+
+TRAIN_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'torch_nchw',
+               'torch_channels_last')
+INFER_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'mx_fast', 'torch_channels_last')
+LR, WD = 0.1, 5e-4  # the chapter's plain SGD
+
+
+def torch_available():
+    """Whether PyTorch can be imported (the PyTorch columns are skipped otherwise)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_count():
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_TORCH_THREADS = {'n': None}
+
+
+def _torch(threads=None):
+    """Import torch with ``threads`` intra-op threads (default: every CPU, as torch does alone).
+
+    MXNet sets the OpenMP thread count of the Python thread to 1 when it starts (its operators
+    run in its own engine threads), and torch, which shares the OpenMP runtime, would then run
+    on a single thread: set it back explicitly.
+    """
+    import torch
+    torch.set_num_threads(threads or _TORCH_THREADS['n'] or cpu_count())
+    return torch
+
+
+def machine_info():
+    """A short description of the machine and its load, for the report."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, 'getloadavg') else None
+    info = dict(cpu=cpu, cores=os.cpu_count(), mxnet=mx.__version__,
+                load_average=[round(v, 2) for v in load] if load else None,
+                omp_num_threads=os.environ.get('OMP_NUM_THREADS'))
+    if torch_available():
+        torch = _torch()
+        info['torch'] = torch.__version__
+        info['torch_threads'] = torch.get_num_threads()
+    return info
+
+
+# ---------------------------------------------------------------------------- timing
+
+def interleaved(cases, rounds=3, window=2, warmup=1):
+    """Time ``cases`` ({name: (step, images_per_step)}) in interleaved windows.
+
+    Each case first runs ``warmup`` steps; then, for each of ``rounds`` rounds, every case in
+    turn runs ``window`` steps (a step returns once its work is finished). Returns
+    ``{name: [images/s of each round]}``.
+    """
+    for step, _ in cases.values():
+        for _ in range(warmup):
+            step()
+    rates = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (step, images) in cases.items():
+            start = time.perf_counter()
+            for _ in range(window):
+                step()
+            rates[name].append(window * images / (time.perf_counter() - start))
+    return rates
+
+
+def _median_ratio(rates, num, den):
+    if num not in rates or den not in rates:
+        return None
+    return statistics.median(a / b for a, b in zip(rates[num], rates[den]))
+
+
+# ---------------------------------------------------------------------------- MXNet cases
+
+def _batch(batch_size, image_size, num_classes, seed=0):
+    rng = onp.random.RandomState(seed)
+    X = rng.uniform(size=(batch_size, 3, image_size, image_size)).astype('float32')
+    y = rng.randint(0, num_classes, size=batch_size).astype('float32')
+    return X, y
+
+
+def mx_train_case(mode, num_layers=18, batch_size=32, image_size=112, num_classes=300,
+                  emb_size=256, ctx=None):
+    """A training step of ``mode`` (see the module notes) -> ``step()`` (waits for the result)."""
+    from . import training
+    ctx = training.as_ctx_list(ctx)
+    fast = mode == 'mx_default'
+    net = TrainBlock(num_layers, emb_size, num_classes, num_classes <= 20000, fast=fast)
+    net.collect_params().reset_ctx(ctx)
+    if mode != 'mx_imperative':
+        net.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': LR, 'wd': WD})
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    X, y = _batch(batch_size, image_size, num_classes)
+    X, y = mnp.array(X), mnp.array(y)
+    batch_step = getattr(training, 'data_parallel_step', None)
+
+    def step():
+        if batch_step is not None:
+            batch_step(net, loss, ctx, X, y)  # what train_ch_facerec runs per batch
+        else:
+            losses = training.forward_backward(net, loss, X, y, ctx)[0]
+            sum(float(part.sum()) for part in losses)
+        trainer.step(batch_size)
+        mx.nd.waitall()
+    return step
+
+
+def _trained_test_net(num_layers, emb_size, image_size, fast, ctx, seed=0):
+    """A TestBlock whose BatchNorm statistics and slopes are not the initial 0/1/0.25."""
+    train = TrainBlock(num_layers, emb_size, 10, False, fast=fast)
+    train.collect_params().reset_ctx(ctx)
+    X, y = _batch(4, image_size, 10, seed)
+    with autograd.record():
+        train(mnp.array(X, ctx=ctx), mnp.array(y, ctx=ctx))
+    rng = onp.random.RandomState(seed)
+    for name, param in train.collect_params().items():
+        value = param.data().asnumpy()
+        if name.endswith('alpha'):
+            value = rng.uniform(-0.2, 0.8, size=value.shape)
+        elif name.endswith(('running_mean', 'beta')):
+            value = rng.normal(0, 0.1, size=value.shape)
+        elif name.endswith(('running_var', 'gamma')):
+            value = rng.uniform(0.5, 1.5, size=value.shape)
+        param.set_data(mnp.array(value.astype('float32'), ctx=ctx))
+    return TestBlock(num_layers, emb_size, False, fast=fast, params=train.collect_params())
+
+
+def mx_infer_case(mode, num_layers=18, batch_size=64, image_size=112, emb_size=256, ctx=None,
+                  net=None):
+    """Embeddings of one batch in predict mode -> ``(step, net)``; ``step()`` returns them
+    as numpy. ``net`` (a TestBlock) defaults to one with random parameters."""
+    ctx = ctx or mx.cpu()
+    if net is None:
+        net = _trained_test_net(num_layers, emb_size, image_size,
+                                mode in ('mx_default', 'mx_fast'), ctx)
+    if mode in ('mx_hybridized', 'mx_default'):
+        net.hybridize(static_alloc=True, static_shape=True)
+    elif mode == 'mx_fast':
+        net = inference_net(net, (batch_size, 3, image_size, image_size), ctx=ctx)
+    X = mnp.array(_batch(batch_size, image_size, 1)[0], ctx=ctx)
+
+    def step():
+        with autograd.predict_mode():
+            return net(X).asnumpy()
+    return step, net
+
+
+# ---------------------------------------------------------------------------- PyTorch cases
+
+def _torch_modules():
+    """The FaceResNet of gluon_arcface.model and the ArcFace TrainBlock, in PyTorch."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):  # BasicBlockV3
+        def __init__(self, in_channels, channels, stride, downsample):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.BatchNorm2d(in_channels, eps=BN_EPS),
+                nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(channels, eps=BN_EPS), nn.PReLU(channels, PRELU_INIT),
+                nn.Conv2d(channels, channels, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(channels, eps=BN_EPS))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+                nn.BatchNorm2d(channels, eps=BN_EPS)) if downsample else None
+
+        def forward(self, x):
+            residual = self.downsample(x) if self.downsample is not None else x
+            return self.body(x) + residual
+
+    class FaceResNet(nn.Module):
+        def __init__(self, units, emb_size, use_dropout, image_size):
+            super().__init__()
+            layers = [nn.Conv2d(3, CHANNELS[0], 3, 1, 1, bias=False),
+                      nn.BatchNorm2d(CHANNELS[0], eps=BN_EPS), nn.PReLU(CHANNELS[0], PRELU_INIT)]
+            in_channels = CHANNELS[0]
+            for num_units, channels in zip(units, CHANNELS):
+                layers.append(Block(in_channels, channels, 2, True))
+                layers += [Block(channels, channels, 1, False) for _ in range(num_units - 1)]
+                in_channels = channels
+            self.features = nn.Sequential(*layers)
+            side = image_size // 16
+            self.output = nn.Sequential(
+                nn.BatchNorm2d(in_channels, eps=BN_EPS),
+                *([nn.Dropout(0.4)] if use_dropout else []), nn.Flatten(),
+                nn.Linear(in_channels * side * side, emb_size))
+
+        def forward(self, x):
+            return self.output(self.features(x))
+
+    class ArcFaceTrainNet(nn.Module):  # TrainBlock with ArcMarginBlock (s=64, m=0.5)
+        def __init__(self, units, emb_size, num_classes, use_dropout, image_size):
+            super().__init__()
+            self.feat_net = FaceResNet(units, emb_size, use_dropout, image_size)
+            self.fc7_weight = nn.Parameter(torch.randn(num_classes, emb_size) * 0.01)
+
+        def forward(self, x, y):
+            feat = self.feat_net(x)
+            feat = (feat - feat.mean(0)) / torch.sqrt(feat.var(0, unbiased=False)
+                                                      + STANDARDIZE_EPS)
+            x_n = feat / (feat.norm(dim=1, keepdim=True) + NORM_EPS)
+            w_n = self.fc7_weight / (self.fc7_weight.norm(dim=1, keepdim=True) + NORM_EPS)
+            cos_t = x_n @ w_n.t()
+            target = cos_t.gather(1, y[:, None])
+            new_target = torch.cos(torch.acos(target.clamp(-COS_CLIP, COS_CLIP)) + 0.5)
+            mask = F.one_hot(y, cos_t.shape[1]).to(cos_t.dtype)
+            return (cos_t + mask * (new_target - target)) * 64.0
+
+    return FaceResNet, ArcFaceTrainNet
+
+
+def torch_train_case(channels_last, num_layers=18, batch_size=32, image_size=112,
+                     num_classes=300, emb_size=256):
+    """The same SGD step in PyTorch (CPU) -> ``step()``."""
+    torch = _torch()
+    import torch.nn.functional as F
+    _, ArcFaceTrainNet = _torch_modules()
+    torch.manual_seed(0)
+    net = ArcFaceTrainNet(faceresnet_spec(num_layers), emb_size, num_classes,
+                          num_classes <= 20000, image_size)
+    X, y = _batch(batch_size, image_size, num_classes)
+    X, y = torch.from_numpy(X), torch.from_numpy(y).long()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        X = X.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=WD)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(X, y), y, reduction='sum') / batch_size
+        loss.backward()
+        loss.item()
+        optimizer.step()
+    return step
+
+
+def torch_infer_case(channels_last=True, num_layers=18, batch_size=64, image_size=112,
+                     emb_size=256):
+    """PyTorch embeddings of one batch (eval mode, no_grad) -> ``step()``."""
+    torch = _torch()
+    FaceResNet, _ = _torch_modules()
+    torch.manual_seed(0)
+    net = FaceResNet(faceresnet_spec(num_layers), emb_size, False, image_size).eval()
+    X = torch.from_numpy(_batch(batch_size, image_size, 1)[0])
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        X = X.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.no_grad():
+            return net(X).numpy()
+    return step
+
+
+# ---------------------------------------------------------------------------- data loader
+
+def _face_like(rng, image_size):
+    """A smooth random image (blurred blobs on a gradient), BGR uint8: JPEG-compressible like a
+    face crop, unlike white noise."""
+    import cv2
+    h = w = image_size
+    low = rng.uniform(0, 255, size=(6, 6, 3)).astype('float32')
+    img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(6):
+        center = (int(rng.randint(0, w)), int(rng.randint(0, h)))
+        axes = (int(rng.randint(4, w // 3)), int(rng.randint(4, h // 3)))
+        color = [float(v) for v in rng.uniform(0, 255, size=3)]
+        cv2.ellipse(img, center, axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
+    img = cv2.GaussianBlur(img, (5, 5), 1.5) + rng.normal(0, 4, size=img.shape)
+    return onp.clip(img, 0, 255).astype('uint8')
+
+
+def make_rec_dataset(folder, num_images=2048, image_size=112, num_classes=64, quality=95,
+                     seed=0):
+    """A face dataset folder with ``train.rec``/``train.idx`` of ``num_images`` random
+    ``image_size`` JPEGs and ``property``; returns the folder."""
+    import cv2
+    from .datasets import write_property
+    from .recordio import write_face_rec
+    os.makedirs(folder, exist_ok=True)
+    rng = onp.random.RandomState(seed)
+    labels = sorted(int(v) for v in rng.randint(0, num_classes, size=num_images))
+
+    def samples():
+        for label in labels:
+            ok, buf = cv2.imencode('.jpg', _face_like(rng, image_size),
+                                   [cv2.IMWRITE_JPEG_QUALITY, quality])
+            assert ok
+            yield label, buf.tobytes()
+    count = write_face_rec(os.path.join(folder, 'train.rec'), samples())
+    write_property(folder, num_classes, (image_size, image_size), count)
+    return folder
+
+
+def loader_throughput(data_dir, batch_size=32, num_workers=2, max_batches=None, epochs=1):
+    """Images/s of iterating ``load_data_face_rec(data_dir)`` (decode, flip, batch), best of
+    ``epochs`` passes (the first pass also warms the file cache)."""
+    from .datasets import load_data_face_rec
+    loader, _ = load_data_face_rec(data_dir, [], batch_size, num_workers=num_workers)
+    best = 0.0
+    for _ in range(epochs):
+        images, start = 0, time.perf_counter()
+        for i, (X, _) in enumerate(loader):
+            images += X.shape[0]
+            if max_batches and i + 1 >= max_batches:
+                break
+        X.wait_to_read()
+        best = max(best, images / (time.perf_counter() - start))
+    return best
+
+
+# ---------------------------------------------------------------------------- the report
+
+def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300, emb_size=256,
+                  infer_batch_size=64, rounds=3, window=2, train_cases=TRAIN_CASES,
+                  infer_cases=INFER_CASES, loader=True, loader_images=2048, loader_workers=2,
+                  data_dir=None, threads=None, log=print):
+    """Measure everything; returns a dict (see ``format_report``).
+
+    ``threads``: PyTorch's intra-op threads (default: every CPU). MXNet's OpenMP threads are
+    fixed when it starts (``OMP_NUM_THREADS``; scripts/benchmark.py --threads sets both).
+    """
+    _TORCH_THREADS['n'] = threads
+    use_torch = torch_available()
+    result = dict(config=dict(num_layers=num_layers, batch_size=batch_size,
+                              image_size=image_size, num_classes=num_classes,
+                              emb_size=emb_size, infer_batch_size=infer_batch_size,
+                              rounds=rounds, window=window),
+                  machine=machine_info(), skipped=[])
+
+    def keep(names):
+        out = []
+        for name in names:
+            if name.startswith('torch') and not use_torch:
+                result['skipped'].append(name + ' (PyTorch not installed)')
+            else:
+                out.append(name)
+        return out
+
+    train_cases, infer_cases = keep(train_cases or ()), keep(infer_cases or ())
+    shape = dict(num_layers=num_layers, image_size=image_size, emb_size=emb_size)
+    if train_cases:
+        log('training: FaceResNet-%d, batch %d, %dx%d, %d classes: %s'
+            % (num_layers, batch_size, image_size, image_size, num_classes,
+               ', '.join(train_cases)))
+        cases = {}
+        for name in train_cases:
+            if name.startswith('torch'):
+                step = torch_train_case(name == 'torch_channels_last', batch_size=batch_size,
+                                        num_classes=num_classes, **shape)
+            else:
+                step = mx_train_case(name, batch_size=batch_size, num_classes=num_classes,
+                                     **shape)
+            cases[name] = (step, batch_size)
+        result['train'] = interleaved(cases, rounds, window)
+        del cases
+    if infer_cases:
+        log('inference: batch %d: %s' % (infer_batch_size, ', '.join(infer_cases)))
+        cases, outputs = {}, {}
+        for name in infer_cases:
+            if name.startswith('torch'):
+                step = torch_infer_case(True, batch_size=infer_batch_size, **shape)
+            else:
+                step, _ = mx_infer_case(name, batch_size=infer_batch_size, **shape)
+            cases[name] = (step, infer_batch_size)
+        result['infer'] = interleaved(cases, rounds, window)
+        del cases, outputs
+    if loader:
+        tmp = None
+        if data_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix='gaf-bench-')
+            log('loader: writing %d %dx%d JPEGs into %s' % (loader_images, image_size,
+                                                            image_size, tmp.name))
+            data_dir = make_rec_dataset(tmp.name, loader_images, image_size)
+        try:
+            rate = loader_throughput(data_dir, batch_size, loader_workers, epochs=2)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        result['loader'] = dict(images_per_sec=rate, data_dir=None if tmp else data_dir,
+                                workers=loader_workers)
+    result['machine']['load_average_after'] = machine_info()['load_average']
+    return result
+
+
+def summarize(result):
+    """Medians and ratios of a ``run_benchmark`` result."""
+    out = {}
+    for part in ('train', 'infer'):
+        rates = result.get(part)
+        if not rates:
+            continue
+        out[part] = {name: statistics.median(v) for name, v in rates.items()}
+    train, infer = result.get('train') or {}, result.get('infer') or {}
+    ratios = {}
+    for num, den in [('mx_default', 'torch_channels_last'), ('mx_default', 'torch_nchw'),
+                     ('mx_default', 'mx_hybridized'), ('mx_default', 'mx_imperative'),
+                     ('mx_hybridized', 'mx_imperative')]:
+        r = _median_ratio(train, num, den)
+        if r is not None:
+            ratios['train %s / %s' % (num, den)] = r
+    for num, den in [('mx_fast', 'mx_imperative'), ('mx_fast', 'mx_hybridized'),
+                     ('mx_fast', 'mx_default'), ('mx_fast', 'torch_channels_last')]:
+        r = _median_ratio(infer, num, den)
+        if r is not None:
+            ratios['inference %s / %s' % (num, den)] = r
+    if 'loader' in result and 'train' in out:
+        best = max(out['train'].get(n, 0) for n in out['train'] if n.startswith('mx'))
+        ratios['loader / training (mx_default)'] = (
+            result['loader']['images_per_sec'] / out['train'].get('mx_default', best))
+    out['ratios'] = ratios
+    return out
+
+
+def format_report(result):
+    """A markdown report of a ``run_benchmark`` result."""
+    s = summarize(result)
+    c, m = result['config'], result['machine']
+    lines = ['FaceResNet-%d, %dx%d, emb %d; training batch %d, %d classes (ArcFace, SGD); '
+             'inference batch %d; median of %d interleaved rounds of %d steps'
+             % (c['num_layers'], c['image_size'], c['image_size'], c['emb_size'],
+                c['batch_size'], c['num_classes'], c['infer_batch_size'], c['rounds'],
+                c['window']),
+             *(['command: `%s`' % result['command']] if result.get('command') else []),
+             'machine: %s, %s cores, mxnet %s%s%s; load average before %s, after %s'
+             % (m['cpu'], m['cores'], m['mxnet'],
+                ' (OMP_NUM_THREADS=%s)' % m['omp_num_threads'] if m.get('omp_num_threads')
+                else '',
+                ', torch %s (%s threads)' % (m['torch'], m['torch_threads'])
+                if 'torch' in m else '', m['load_average'], m.get('load_average_after')),
+             '', '| what | case | images/s |', '| --- | --- | ---: |']
+    for part, title in (('train', 'training step'), ('infer', 'inference')):
+        for name, rate in (s.get(part) or {}).items():
+            lines.append('| %s | %s | %.1f |' % (title, name, rate))
+    if 'loader' in result:
+        lines.append('| data loader | load_data_face_rec, %d workers, %dx%d JPEG .rec | %.0f |'
+                     % (result['loader']['workers'], c['image_size'], c['image_size'],
+                        result['loader']['images_per_sec']))
+    if s['ratios']:
+        lines += ['', '| ratio | value |', '| --- | ---: |']
+        lines += ['| %s | %.2f |' % (k, v) for k, v in s['ratios'].items()]
+    for name in result['skipped']:
+        lines.append('skipped: %s' % name)
+    return '\n'.join(lines)
