@@ -13,11 +13,13 @@ from mxnet import gluon
 
 from . import checkpoint as ckpt
 from .datasets import load_data_face_rec, read_facerec_meta
+from .distributed import WorkerGroup, create_kvstore, create_trainer
 from .errors import DownloadError, GluonArcFaceError
 from .hub import download_extract
 from .inference import export_embedding_net
 from .margin import MARGIN_PRESETS, SoftmaxBlock
 from .model import TrainBlock
+from .parallel import FeatBlock, split_head, train_ch_facerec_parall
 from .plotting import plot_history
 from .training import make_test_net, train_ch_facerec
 from .verification import format_table, plot_roc, verify
@@ -97,17 +99,32 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
         num_layers=18, emb_size=256, batch_size=512, lr=0.1, wd=5e-4, momentum=0.0, epochs=5,
         loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None,
         lr_steps=(), ctx=None, verify_every=1, resume=False, num_workers=2, seed=None,
-        kvstore='device', export=True, progress=True):
+        kvstore='device', model_parallel=False, export=True, progress=True):
     """Train a FaceResNet with a margin head as the chapter does and write a run folder.
+
+    ``batch_size`` is the global batch: with a dist kvstore each of the N workers (started by
+    ``gaf.launch``) reads batches of batch_size / N from its 1/N of the images, and only rank 0
+    writes to ``output``. ``model_parallel`` splits fc7 over the devices of ``ctx``
+    (``train_ch_facerec_parall``), on one machine.
 
     Returns the metrics dict also written to ``output/metrics.json``:
     ``{'epochs': [...], 'verification': {target: {...}}}``.
     """
-    os.makedirs(output, exist_ok=True)
     ctx = ctx if isinstance(ctx, list) else parse_ctx(ctx)
-    kv = mx.kv.create(kvstore) if kvstore.startswith('dist') else None
-    rank, num_workers_kv = (kv.rank, kv.num_workers) if kv else (0, 1)
-    is_master = rank == 0
+    # -- distributed (kvstore dist_*) and model parallel: distributed.py, parallel.py --
+    kv = create_kvstore(kvstore)
+    group = WorkerGroup(kv)
+    rank, num_workers_kv, is_master = group.rank, group.num_workers, group.is_master
+    if batch_size % num_workers_kv:
+        raise ValueError('batch size %d: expected a multiple of the number of workers (%d); it '
+                         'is the global batch, split over the workers'
+                         % (batch_size, num_workers_kv))
+    if model_parallel and group.distributed:
+        raise ValueError('model_parallel splits fc7 over the devices of one machine; it does not '
+                         'combine with kvstore %s' % kvstore)
+    if is_master:
+        os.makedirs(output, exist_ok=True)
+    # --
     log = _Log(os.path.join(output, 'train.log'), enabled=is_master)
     if seed is not None:
         mx.random.seed(seed + rank)
@@ -118,7 +135,7 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
     data_dir = resolve_data_dir(dataset, data_dir)
     image_size, num_classes = read_facerec_meta(data_dir)
     loader, val_set = load_data_face_rec(
-        data_dir, list(val_targets), batch_size, num_workers=num_workers,
+        data_dir, list(val_targets), batch_size // num_workers_kv, num_workers=num_workers,
         num_parts=num_workers_kv, part_index=rank, seed=seed)
     use_dropout = num_classes <= 20000  # as in the chapter
     margin = margin_settings(loss, margin_s, margin_m, margin_a, margin_b)
@@ -127,30 +144,38 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
                   emb_size=emb_size, use_dropout=use_dropout, batch_size=batch_size, lr=lr,
                   wd=wd, momentum=momentum, epochs=epochs, loss=loss, margin=margin,
                   lr_steps=list(lr_steps or ()), ctx=[str(c) for c in ctx],
-                  kvstore=kvstore, workers=num_workers_kv, seed=seed)
+                  kvstore=kvstore, workers=num_workers_kv, model_parallel=model_parallel,
+                  seed=seed)
     if is_master:
         ckpt.write_json(os.path.join(output, 'config.json'), config)
     log('data: %s (%d images, %d identities, %dx%d); verification: %s'
         % (data_dir, config['images'], num_classes, image_size[0], image_size[1],
            ', '.join(val_targets) or 'none'))
-    log('model: FaceResNet-%d, %d-d embedding, %s head%s; devices: %s'
+    log('model: FaceResNet-%d, %d-d embedding, %s head%s%s; devices: %s%s'
         % (num_layers, emb_size, loss, ' %s' % margin if margin else '',
-           ', '.join(config['ctx'])))
+           ' split over the devices' if model_parallel else '', ', '.join(config['ctx']),
+           '; %d workers (%s), %d images per worker and step'
+           % (num_workers_kv, kvstore, batch_size // num_workers_kv) if group.distributed else ''))
 
-    head = SoftmaxBlock(emb_size, num_classes) if margin is None else None
-    net = TrainBlock(num_layers, emb_size, num_classes, use_dropout, margin=margin, head=head)
-    net.collect_params().reset_ctx(ctx)
-    optimizer = {'learning_rate': lr, 'wd': wd}
-    if momentum:
-        optimizer['momentum'] = momentum
-    trainer = gluon.Trainer(net.collect_params(), 'sgd', optimizer,
-                            kvstore=kv if kv else kvstore)
-    checkpoint_dir = os.path.join(output, 'checkpoints')
-    history = train_ch_facerec(
-        net, loader, gluon.loss.SoftmaxCrossEntropyLoss(), trainer, epochs, ctx,
-        val_set=val_set, verify_every=verify_every, lr_steps=lr_steps,
-        checkpoint_dir=checkpoint_dir, resume=resume, progress=progress and is_master,
-        log=log, is_master=is_master, animator=False)
+    options = dict(val_set=val_set, verify_every=verify_every, lr_steps=lr_steps,
+                   checkpoint_dir=os.path.join(output, 'checkpoints'), resume=resume,
+                   progress=progress and is_master, log=log, is_master=is_master, animator=False)
+    if model_parallel:
+        net = FeatBlock(num_layers, emb_size, use_dropout)
+        net.collect_params().reset_ctx(ctx)
+        cls_nets = split_head(emb_size, num_classes, ctx, margin, softmax=margin is None)
+        history = train_ch_facerec_parall(net, cls_nets, loader, epochs, ctx, lr=lr, wd=wd,
+                                          momentum=momentum, **options)
+    else:
+        head = SoftmaxBlock(emb_size, num_classes) if margin is None else None
+        net = TrainBlock(num_layers, emb_size, num_classes, use_dropout, margin=margin, head=head)
+        net.collect_params().reset_ctx(ctx)
+        optimizer = {'learning_rate': lr, 'wd': wd}
+        if momentum:
+            optimizer['momentum'] = momentum
+        trainer = create_trainer(net.collect_params(), 'sgd', optimizer, kv)
+        history = train_ch_facerec(net, loader, gluon.loss.SoftmaxCrossEntropyLoss(), trainer,
+                                   epochs, ctx, **options)
 
     metrics = dict(epochs=history['epochs'], verification={})
     if not is_master:

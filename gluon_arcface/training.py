@@ -4,6 +4,7 @@ Each batch is split over the contexts with ``gluon.utils.split_and_load``; every
 forward and backward on its shard (so BatchNorm and the TrainBlock's standardisation use
 per-shard statistics) and one ``trainer.step`` applies the summed gradients.
 """
+import functools
 import math
 import signal
 import sys
@@ -14,10 +15,11 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from . import checkpoint as ckpt
+from .distributed import WorkerGroup
 from .errors import CheckpointError, TrainingDivergedError
 
-__all__ = ['train_ch_facerec', 'lr_at_epoch', 'forward_backward', 'make_test_net', 'as_ctx_list',
-           'sync_aux_states']
+__all__ = ['train_ch_facerec', 'lr_at_epoch', 'forward_backward', 'data_parallel_step',
+           'make_test_net', 'as_ctx_list', 'sync_aux_states']
 
 
 def as_ctx_list(ctx):
@@ -47,6 +49,17 @@ def forward_backward(net, loss, X, y, ctx):
     return losses, outs, ys
 
 
+def data_parallel_step(net, loss, ctx, X, y):
+    """train_ch_facerec's default batch step: ``forward_backward`` over ``ctx``.
+
+    Returns ``(summed loss, number of correct argmax predictions)`` as Python numbers.
+    """
+    losses, outs, ys = forward_backward(net, loss, X, y, ctx)
+    return (sum(float(l.sum()) for l in losses),
+            sum(int((o.argmax(axis=1).astype('int64') == t.astype('int64')).sum())
+                for o, t in zip(outs, ys)))
+
+
 def sync_aux_states(net):
     """Average parameters without gradient (BatchNorm running mean/var) over their devices.
 
@@ -60,7 +73,9 @@ def sync_aux_states(net):
             copies = param.list_data()
         except RuntimeError:  # not initialised yet (deferred)
             continue
-        param.set_data(sum(c.copyto(mx.cpu()) for c in copies) / len(copies))
+        mean = sum(c.copyto(mx.cpu()) for c in copies) / len(copies)
+        for c in copies:  # not set_data: it resets a Trainer that updates on its kvstore
+            c[:] = mean.as_in_ctx(c.ctx)  # ('device', several devices), dropping the momentum
 
 
 def make_test_net(net):
@@ -117,7 +132,7 @@ def _default_animator(num_epochs, verify):
 def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, test_net=None,
                      verify_every=1, lr_steps=None, lr_factor=0.1, checkpoint_dir=None,
                      resume=False, keep_last=2, hybridize=True, progress=True, animator=None,
-                     log=print, is_master=True, verify_batch_size=None):
+                     log=print, is_master=None, verify_batch_size=None, batch_step=None):
     """Train ``net`` (blocks called as ``net(X, y) -> logits``) for ``num_epochs`` epochs.
 
     The chapter's call ``train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx)`` works
@@ -130,10 +145,24 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     checkpoint and raises KeyboardInterrupt. ``is_master`` False (other workers of a
     distributed run) skips verification, checkpoints and logging.
 
+    Distributed (a Trainer with a dist kvstore, see ``gaf.create_trainer``): ``is_master``
+    defaults to rank 0; every worker starts from rank 0's parameters; with dist_sync the update
+    is the mean gradient over all workers' batches (``trainer.step(batch * workers)``), the
+    BatchNorm statistics are averaged over the workers after each epoch and the history's loss,
+    accuracy and samples/s count all workers. ``batch_step(X, y) -> (summed loss, correct)``
+    replaces the forward and backward pass (default: ``data_parallel_step`` with ``loss``).
+
     Returns the history: ``{'epochs': [{'epoch', 'loss', 'train_acc', 'samples_per_sec',
     'seconds', 'lr', 'verification'?}, ...]}``.
     """
     ctx = as_ctx_list(ctx)
+    # -- distributed (kvstore dist_*): gluon_arcface/distributed.py --
+    group = WorkerGroup.of(trainer)
+    group.check_lr_steps(lr_steps)
+    is_master = group.is_master if is_master is None else is_master
+    states_trainer = group.checkpoint_trainer(trainer)
+    batch_step = batch_step or functools.partial(data_parallel_step, net, loss, ctx)
+    # --
     log = log if is_master else (lambda *a, **k: None)
     if hybridize and isinstance(net, gluon.HybridBlock):
         net.hybridize(static_alloc=True, static_shape=True)
@@ -146,10 +175,12 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     history, start_epoch, best = {'epochs': []}, 0, None
     if resume and checkpoint_dir:
         state = ckpt.latest_checkpoint(checkpoint_dir)
+        group.check_same('resume_epoch', state['epoch'] if state else -1,
+                         'the epoch to resume from in %s (-1: none)' % checkpoint_dir)
         if state is None and resume != 'auto':
             raise CheckpointError('%s: no checkpoint to resume from' % checkpoint_dir)
         if state is not None:
-            state = ckpt.load_checkpoint(checkpoint_dir, net, trainer, ctx=ctx)
+            state = ckpt.load_checkpoint(checkpoint_dir, net, states_trainer, ctx=ctx)
             history = state.get('history') or history
             start_epoch, base_lr = state['epoch'], state.get('base_lr', base_lr)
             best = state.get('best_accuracy')
@@ -159,7 +190,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
 
     def save(epoch):
         if checkpoint_dir and is_master:
-            ckpt.save_checkpoint(checkpoint_dir, epoch, net, trainer, history, keep_last,
+            ckpt.save_checkpoint(checkpoint_dir, epoch, net, states_trainer, history, keep_last,
                                  extra=dict(base_lr=base_lr, best_accuracy=best))
 
     with _Interrupt() as interrupt:
@@ -167,8 +198,9 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
             trainer.set_learning_rate(lr_at_epoch(base_lr, epoch, lr_steps, lr_factor))
             loss_sum, correct, seen, start = 0.0, 0, 0, time.time()
             for batch, (X, y) in enumerate(_progress(loader, epoch + 1, num_epochs, progress)):
-                losses, outs, ys = forward_backward(net, loss, X, y, ctx)
-                batch_loss = sum(float(l.sum()) for l in losses)
+                if batch == 0:
+                    group.start(trainer, net, X, y, ctx)  # rank 0's parameters everywhere
+                batch_loss, batch_correct = batch_step(X, y)
                 if not math.isfinite(batch_loss):
                     raise TrainingDivergedError(
                         'loss became %s at epoch %d, batch %d (lr %g); the update was not '
@@ -176,10 +208,9 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                         % (batch_loss, epoch + 1, batch + 1, trainer.learning_rate,
                            'The last good checkpoint is in %s.' % checkpoint_dir
                            if checkpoint_dir else ''))
-                trainer.step(X.shape[0])
+                trainer.step(X.shape[0] * group.grad_scale)
                 loss_sum += batch_loss
-                correct += sum(int((o.argmax(axis=1).astype('int64') == t.astype('int64')).sum())
-                               for o, t in zip(outs, ys))
+                correct += batch_correct
                 seen += X.shape[0]
                 if interrupt.requested:
                     break
@@ -194,6 +225,8 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                 raise KeyboardInterrupt
             if seen == 0:
                 raise ValueError('the loader yielded no batch in epoch %d' % (epoch + 1))
+            group.average_aux_states(net)
+            loss_sum, correct, seen = group.sum('epoch_counts', [loss_sum, correct, seen])
             record = dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
                           samples_per_sec=seen / seconds, seconds=seconds,
                           lr=trainer.learning_rate)
@@ -204,7 +237,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                                                  verify_batch_size or _batch_size(loader, ctx))
             history['epochs'].append(record)
             log(_epoch_line(record, num_epochs))
-            if animator is not None:
+            if animator:  # None or False (recipe.fit): no plot
                 accs = [record['train_acc']]
                 if verify_targets:
                     v = record.get('verification')

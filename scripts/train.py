@@ -8,7 +8,7 @@ Defaults are the chapter's: FaceResNet-18, 256-d embedding, SGD lr 0.1, wd 5e-4,
 import argparse
 import sys
 
-from gluon_arcface import recipe
+from gluon_arcface import distributed, recipe
 
 D = recipe.DEFAULTS
 
@@ -39,7 +39,8 @@ def parse_args(argv=None):
     model.add_argument('--margin-b', type=float, help="additive cosine margin b")
     opt = p.add_argument_group('optimisation')
     opt.add_argument('--batch-size', type=int, default=D['batch_size'],
-                     help='total batch size, split over the devices')
+                     help='total batch size, split over the workers (--kvstore dist_*), then '
+                          'over the devices')
     opt.add_argument('--lr', type=float, default=D['lr'])
     opt.add_argument('--wd', type=float, default=D['wd'])
     opt.add_argument('--momentum', type=float, default=D['momentum'])
@@ -52,8 +53,12 @@ def parse_args(argv=None):
     run.add_argument('--ctx', help='devices: cpu, cpu:0,cpu:1 or gpu:0,gpu:1 (default: all GPUs, '
                                    'else the CPU)')
     run.add_argument('--kvstore', default='device',
+                     choices=distributed.LOCAL_KVSTORES + distributed.DIST_KVSTORES,
                      help='device or local on one machine; dist_sync, dist_device_sync or '
-                          'dist_async across machines (see scripts/launch.py)')
+                          'dist_async across machines, started by scripts/launch.py')
+    run.add_argument('--model-parallel', action='store_true',
+                     help='split fc7 over the devices (--ctx) in class ranges, for many '
+                          'identities; one machine')
     run.add_argument('--output', default='runs/train', help='run folder')
     run.add_argument('--verify-every', type=int, default=1, help='verify every k epochs')
     run.add_argument('--resume', action='store_true',
@@ -77,7 +82,8 @@ def main(argv=None):
         margin_s=args.margin_s, margin_m=args.margin_m, margin_a=args.margin_a,
         margin_b=args.margin_b, lr_steps=args.lr_steps, ctx=args.ctx,
         verify_every=args.verify_every, resume=args.resume, num_workers=args.num_workers,
-        seed=args.seed, kvstore=args.kvstore, progress=not args.no_progress) and 0)
+        seed=args.seed, kvstore=args.kvstore, model_parallel=args.model_parallel,
+        progress=not args.no_progress) and 0)
 
 
 if __name__ == '__main__':
