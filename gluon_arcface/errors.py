@@ -5,7 +5,7 @@ Every error about a user's file names the file and, where it applies, the record
 """
 
 __all__ = ['GluonArcFaceError', 'FaceDataError', 'ImageDecodeError', 'UnsafePickleError',
-           'DownloadError',
+           'DownloadError', 'ConfigError',
            'ChecksumError', 'UnsafeArchiveError', 'CheckpointError', 'TrainingDivergedError']
 
 
@@ -50,6 +50,10 @@ class ChecksumError(DownloadError):
 
 class UnsafeArchiveError(GluonArcFaceError):
     """An archive entry would be written outside the extraction folder (or is a link/device)."""
+
+
+class ConfigError(GluonArcFaceError, ValueError):
+    """Settings that do not fit together (devices, batch size, loss name, ...)."""
 
 
 class CheckpointError(GluonArcFaceError):

@@ -14,7 +14,7 @@ from mxnet import gluon
 from . import checkpoint as ckpt
 from .datasets import load_data_face_rec, read_facerec_meta
 from .distributed import WorkerGroup, create_kvstore, create_trainer
-from .errors import DownloadError, GluonArcFaceError
+from .errors import ConfigError, DownloadError, GluonArcFaceError
 from .hub import download_extract
 from .inference import export_embedding_net
 from .margin import MARGIN_PRESETS, SoftmaxBlock
@@ -43,7 +43,7 @@ def parse_ctx(spec=None):
     for item in spec.split(','):
         kind, _, index = item.strip().partition(':')
         if kind not in ('cpu', 'gpu') or (index and not index.isdigit()):
-            raise ValueError('bad context %r: expected cpu, cpu:N or gpu:N (comma separated)'
+            raise ConfigError('bad context %r: expected cpu, cpu:N or gpu:N (comma separated)'
                              % item)
         out.append(getattr(mx, kind)(int(index or 0)))
     return out
@@ -57,7 +57,7 @@ def margin_settings(loss='arcface', margin_s=64.0, margin_m=None, margin_a=None,
     if loss == 'softmax':
         return None
     if loss not in MARGIN_PRESETS:
-        raise ValueError('unknown loss %r: expected one of %s or softmax'
+        raise ConfigError('unknown loss %r: expected one of %s or softmax'
                          % (loss, ', '.join(sorted(MARGIN_PRESETS))))
     out = dict(MARGIN_PRESETS[loss], margin_s=margin_s)
     for key, value in (('margin_m', margin_m), ('margin_a', margin_a), ('margin_b', margin_b)):
@@ -99,32 +99,31 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
         num_layers=18, emb_size=256, batch_size=512, lr=0.1, wd=5e-4, momentum=0.0, epochs=5,
         loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None,
         lr_steps=(), ctx=None, verify_every=1, resume=False, num_workers=2, seed=None,
-        kvstore='device', model_parallel=False, export=True, progress=True):
+        kvstore='device', model_parallel=False, skip_bad=False, export=True, progress=True):
     """Train a FaceResNet with a margin head as the chapter does and write a run folder.
 
     ``batch_size`` is the global batch: with a dist kvstore each of the N workers (started by
     ``gaf.launch``) reads batches of batch_size / N from its 1/N of the images, and only rank 0
     writes to ``output``. ``model_parallel`` splits fc7 over the devices of ``ctx``
-    (``train_ch_facerec_parall``), on one machine.
+    (``train_ch_facerec_parall``), on one machine. ``skip_bad`` replaces undecodable images by
+    the next good one and lists them in train.log and metrics.json instead of stopping.
 
     Returns the metrics dict also written to ``output/metrics.json``:
     ``{'epochs': [...], 'verification': {target: {...}}}``.
     """
     ctx = ctx if isinstance(ctx, list) else parse_ctx(ctx)
-    # -- distributed (kvstore dist_*) and model parallel: distributed.py, parallel.py --
     kv = create_kvstore(kvstore)
     group = WorkerGroup(kv)
     rank, num_workers_kv, is_master = group.rank, group.num_workers, group.is_master
     if batch_size % num_workers_kv:
-        raise ValueError('batch size %d: expected a multiple of the number of workers (%d); it '
+        raise ConfigError('batch size %d: expected a multiple of the number of workers (%d); it '
                          'is the global batch, split over the workers'
                          % (batch_size, num_workers_kv))
     if model_parallel and group.distributed:
-        raise ValueError('model_parallel splits fc7 over the devices of one machine; it does not '
+        raise ConfigError('model_parallel splits fc7 over the devices of one machine; it does not '
                          'combine with kvstore %s' % kvstore)
     if is_master:
         os.makedirs(output, exist_ok=True)
-    # --
     log = _Log(os.path.join(output, 'train.log'), enabled=is_master)
     if seed is not None:
         mx.random.seed(seed + rank)
@@ -136,7 +135,7 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
     image_size, num_classes = read_facerec_meta(data_dir)
     loader, val_set = load_data_face_rec(
         data_dir, list(val_targets), batch_size // num_workers_kv, num_workers=num_workers,
-        num_parts=num_workers_kv, part_index=rank, seed=seed)
+        num_parts=num_workers_kv, part_index=rank, seed=seed, skip_bad=skip_bad)
     use_dropout = num_classes <= 20000  # as in the chapter
     margin = margin_settings(loss, margin_s, margin_m, margin_a, margin_b)
     config = dict(data_dir=data_dir, image_size=list(image_size), num_classes=num_classes,
@@ -145,7 +144,7 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
                   wd=wd, momentum=momentum, epochs=epochs, loss=loss, margin=margin,
                   lr_steps=list(lr_steps or ()), ctx=[str(c) for c in ctx],
                   kvstore=kvstore, workers=num_workers_kv, model_parallel=model_parallel,
-                  seed=seed)
+                  skip_bad=skip_bad, seed=seed)
     if is_master:
         ckpt.write_json(os.path.join(output, 'config.json'), config)
     log('data: %s (%d images, %d identities, %dx%d); verification: %s'
@@ -197,6 +196,7 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
     if results:
         plot_roc(results, os.path.join(output, 'roc.png'),
                  title='FaceResNet-%d, %s' % (num_layers, loss))
+    metrics['skipped_images'] = [s._asdict() for s in getattr(loader, 'skipped', [])]
     ckpt.write_json(os.path.join(output, 'metrics.json'), metrics)
     if export:
         prefix = os.path.join(output, 'model', 'faceresnet%d' % num_layers)

@@ -156,13 +156,12 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     'seconds', 'lr', 'verification'?}, ...]}``.
     """
     ctx = as_ctx_list(ctx)
-    # -- distributed (kvstore dist_*): gluon_arcface/distributed.py --
+    # Distributed runs (dist_* kvstores): rank, shared start and checkpoint state.
     group = WorkerGroup.of(trainer)
     group.check_lr_steps(lr_steps)
     is_master = group.is_master if is_master is None else is_master
     states_trainer = group.checkpoint_trainer(trainer)
     batch_step = batch_step or functools.partial(data_parallel_step, net, loss, ctx)
-    # --
     log = log if is_master else (lambda *a, **k: None)
     if hybridize and isinstance(net, gluon.HybridBlock):
         net.hybridize(static_alloc=True, static_shape=True)
@@ -193,6 +192,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
             ckpt.save_checkpoint(checkpoint_dir, epoch, net, states_trainer, history, keep_last,
                                  extra=dict(base_lr=base_lr, best_accuracy=best))
 
+    reported_skips = 0
     with _Interrupt() as interrupt:
         for epoch in range(start_epoch, num_epochs):
             trainer.set_learning_rate(lr_at_epoch(base_lr, epoch, lr_steps, lr_factor))
@@ -235,6 +235,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
             if verify_now:
                 record['verification'] = _verify(verify_targets, test_net, ctx,
                                                  verify_batch_size or _batch_size(loader, ctx))
+            reported_skips = _report_skips(loader, record, reported_skips, log)
             history['epochs'].append(record)
             log(_epoch_line(record, num_epochs))
             if animator:  # None or False (recipe.fit): no plot
@@ -251,6 +252,20 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                                                              targets=record['verification']))
             save(epoch + 1)
     return history
+
+
+def _report_skips(loader, record, reported, log):
+    """Log the undecodable images skipped this epoch (loaders made with skip_bad=True)."""
+    skipped = getattr(loader, 'skipped', None)
+    if not skipped:
+        return reported
+    record['skipped_images'] = len(skipped)
+    if len(skipped) > reported:
+        first = skipped[reported]
+        log('skipped %d undecodable image(s) in epoch %d (%d in all), e.g. %s%s: %s'
+            % (len(skipped) - reported, record['epoch'], len(skipped), first.path,
+               '' if first.record is None else ': record %s' % first.record, first.reason))
+    return len(skipped)
 
 
 def _batch_size(loader, ctx):

@@ -362,10 +362,11 @@ def verify(data_set, net, ctx=None, batch_size=512, nrof_folds=10, far_target=1e
 
     Returns ``evaluate_embeddings``' ``VerificationResult``; ``(result.xnorm,
     result.best_threshold_accuracy, result.best_threshold)`` is ``test_face_11``'s triple.
+    A set with fewer pairs than ``nrof_folds`` (at least 2) is scored with one fold per pair.
     """
     data_list, issame = _unpack(data_set)
     emb = compute_embeddings(data_list, net, ctx, batch_size) / len(data_list)
-    return evaluate_embeddings(emb, issame, nrof_folds, far_target)
+    return evaluate_embeddings(emb, issame, max(2, min(nrof_folds, len(issame))), far_target)
 
 
 # ----------------------------------------------------------------------------- reporting

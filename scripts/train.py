@@ -25,6 +25,9 @@ def parse_args(argv=None):
     data.add_argument('--val-targets', default=','.join(D['val_targets']),
                       help='comma-separated verification sets (<name>.bin in the data folder)')
     data.add_argument('--num-workers', type=int, default=2, help='image decoding threads')
+    data.add_argument('--skip-bad', action='store_true',
+                      help='replace images that do not decode by the next good one and list them '
+                           '(train.log, metrics.json) instead of stopping')
     model = p.add_argument_group('model')
     model.add_argument('--num-layers', type=int, default=D['num_layers'],
                        choices=[18, 34, 50, 100])
@@ -83,6 +86,7 @@ def main(argv=None):
         margin_b=args.margin_b, lr_steps=args.lr_steps, ctx=args.ctx,
         verify_every=args.verify_every, resume=args.resume, num_workers=args.num_workers,
         seed=args.seed, kvstore=args.kvstore, model_parallel=args.model_parallel,
+        skip_bad=args.skip_bad,
         progress=not args.no_progress) and 0)
 
 

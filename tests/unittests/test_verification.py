@@ -428,3 +428,12 @@ def test_network_input_validation():
         ver.compute_embeddings([images[0]], net, CTX)
     with pytest.raises(ValueError, match='batch_size'):
         ver.compute_embeddings([images], net, CTX, batch_size=0)
+
+
+def test_verify_scores_fewer_pairs_than_folds_with_one_fold_each():
+    data = onp.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1], [1, 0], [-1, 0]], 'float32')
+    data = data.reshape(8, 2, 1, 1)  # (2N, C, H, W) images whose embedding is themselves
+    net = nn.Flatten()
+    res = ver.verify(([np.array(data), np.array(data)], onp.array([True, False, True, False])),
+                     net, mx.cpu(), batch_size=4)
+    assert len(res.fold_accuracies) == 4 and res.accuracy == 1.0
