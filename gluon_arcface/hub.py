@@ -67,8 +67,13 @@ def _known_names():
 
 
 def _hub_entry(name):
+    """``(url, sha1)`` of a hub entry; $GLUON_ARCFACE_DATA_URL replaces DATA_URL (a mirror)."""
     if name in DATA_HUB:
-        return DATA_HUB[name]
+        url, sha1 = DATA_HUB[name]
+        mirror = os.environ.get('GLUON_ARCFACE_DATA_URL')
+        if mirror and url.startswith(DATA_URL):
+            url = mirror.rstrip('/') + '/' + url[len(DATA_URL):]
+        return url, sha1
     if name in GENERATED:
         raise ValueError(f'{name!r} is generated locally, not downloaded: '
                          f'use download_extract({name!r})')

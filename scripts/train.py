@@ -30,8 +30,8 @@ def parse_args(argv=None):
                            '(train.log, metrics.json) instead of stopping')
     model = p.add_argument_group('model')
     model.add_argument('--num-layers', type=int, default=D['num_layers'],
-                       choices=[18, 34, 50, 100])
-    model.add_argument('--emb-size', type=int, default=D['emb_size'])
+                       choices=[18, 34, 50, 100], help='FaceResNet depth')
+    model.add_argument('--emb-size', type=int, default=D['emb_size'], help='embedding size')
     model.add_argument('--loss', default=D['loss'],
                        choices=['arcface', 'cosface', 'sphereface', 'softmax'],
                        help='margin preset: arcface (m=0.5), cosface (b=0.35), sphereface '
@@ -44,10 +44,11 @@ def parse_args(argv=None):
     opt.add_argument('--batch-size', type=int, default=D['batch_size'],
                      help='total batch size, split over the workers (--kvstore dist_*), then '
                           'over the devices')
-    opt.add_argument('--lr', type=float, default=D['lr'])
-    opt.add_argument('--wd', type=float, default=D['wd'])
-    opt.add_argument('--momentum', type=float, default=D['momentum'])
-    opt.add_argument('--epochs', type=int, default=D['epochs'])
+    opt.add_argument('--lr', type=float, default=D['lr'], help='SGD learning rate')
+    opt.add_argument('--wd', type=float, default=D['wd'], help='weight decay')
+    opt.add_argument('--momentum', type=float, default=D['momentum'],
+                     help='SGD momentum (the chapter uses none)')
+    opt.add_argument('--epochs', type=int, default=D['epochs'], help='training epochs')
     opt.add_argument('--lr-steps', default='',
                      help='comma-separated epochs after which the LR is multiplied by 0.1, '
                           'e.g. "3,4"')

@@ -332,3 +332,15 @@ def test_generator_given_as_module_path(home, monkeypatch, tmp_path):
     data_dir = hub.download_extract('faces-synthetic')
     assert (tmp_path / 'home' / 'faces-synthetic' / 'property').read_text() == '3,8,8\n'
     assert data_dir == str(home / 'faces-synthetic')
+
+
+def test_mirror_from_the_environment(home, server, monkeypatch):
+    """$GLUON_ARCFACE_DATA_URL replaces the d2l base URL (a mirror or a local copy)."""
+    body = make_zip({'faces-casia-ultrasmall/property': b'300,112,112\n'})
+    server.routes['/faces-casia-ultrasmall.zip'] = (body, 'ok')
+    hub.DATA_HUB['faces-casia-ultrasmall'] = (hub.DATA_URL + 'faces-casia-ultrasmall.zip',
+                                              sha1(body))
+    monkeypatch.setenv('GLUON_ARCFACE_DATA_URL', server.url + '/')
+    data_dir = hub.download_extract('faces-casia-ultrasmall')
+    assert open(os.path.join(data_dir, 'property')).read() == '300,112,112\n'
+    assert server.requests == ['/faces-casia-ultrasmall.zip']
