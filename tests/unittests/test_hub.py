@@ -300,6 +300,21 @@ def test_generated_dataset_is_built_once(home, monkeypatch):
         hub.download('faces-synthetic')
 
 
+def test_generated_dataset_of_another_generator_version_is_rebuilt_and_kept(home, monkeypatch):
+    def generate(root):
+        with open(os.path.join(root, 'property'), 'w') as f:
+            f.write('%d,8,8\n' % generate.version)
+
+    generate.version = 1
+    monkeypatch.setattr(hub, 'GENERATED', {'faces-synthetic': generate})
+    data_dir = hub.download_extract('faces-synthetic')
+    generate.version = 2
+    assert hub.download_extract('faces-synthetic') == data_dir
+    assert (home / 'faces-synthetic' / 'property').read_text() == '2,8,8\n'
+    old = [d for d in os.listdir(home) if d.startswith('faces-synthetic.old-')]
+    assert len(old) == 1 and (home / old[0] / 'property').read_text() == '1,8,8\n'
+
+
 def test_failed_generation_leaves_nothing_and_retry_works(home, monkeypatch):
     def broken(root):
         with open(os.path.join(root, 'property'), 'w') as f:
