@@ -49,6 +49,17 @@ def _rel_key(path):
     return os.path.normpath(path.replace('\\', '/')).replace(os.sep, '/')
 
 
+def _read_lines(path, what, expected):
+    """The lines of a UTF-8 text file, or a FaceDataError naming it."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        raise FaceDataError(path, '%s not found' % what) from None
+    except UnicodeDecodeError:
+        raise FaceDataError(path, 'expected ' + expected) from None
+
+
 def read_landmarks(path):
     """Read a landmarks file -> dict ``relative/path`` -> float64 array (5, 2) of (x, y).
 
@@ -57,14 +68,8 @@ def read_landmarks(path):
     comment. Paths are relative to the image folder and may not contain spaces or commas.
     """
     path = os.fspath(path)
-    try:
-        with open(path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise FaceDataError(path, 'landmarks file not found') from None
-    except UnicodeDecodeError:
-        raise FaceDataError(path, 'expected a UTF-8 text file of "relative/path x1 y1 ... x5 y5" '
-                            'lines') from None
+    lines = _read_lines(path, 'landmarks file',
+                        'a UTF-8 text file of "relative/path x1 y1 ... x5 y5" lines')
     expected = ('expected "relative/path x1 y1 x2 y2 x3 y3 x4 y4 x5 y5" (a path and 10 numbers: '
                 'left eye, right eye, nose, left and right mouth corners)')
     out = collections.OrderedDict()
@@ -147,13 +152,7 @@ def read_pairs(pairs_txt):
     ``name<TAB>i<TAB>j`` (two photos of one person) or ``name1<TAB>i<TAB>name2<TAB>j``.
     """
     pairs_txt = os.fspath(pairs_txt)
-    try:
-        with open(pairs_txt, encoding='utf-8') as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise FaceDataError(pairs_txt, 'pairs file not found') from None
-    except UnicodeDecodeError:
-        raise FaceDataError(pairs_txt, 'expected a UTF-8 text file') from None
+    lines = _read_lines(pairs_txt, 'pairs file', 'a UTF-8 text file')
     numbered = [(i, line.split()) for i, line in enumerate(lines, 1) if line.strip()]
     if not numbered:
         raise FaceDataError(pairs_txt, 'empty file; expected a first line "N" or "folds<TAB>N"')

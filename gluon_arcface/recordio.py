@@ -310,7 +310,20 @@ def _atomic_write_text(path, text):
             os.remove(tmp)
 
 
-class RecordWriter:
+class _CommitOnSuccess:
+    """Context manager: ``close()`` (commit) on a normal exit, ``abort()`` on an exception."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class RecordWriter(_CommitOnSuccess):
     """Write ``.rec`` + ``.idx`` atomically: both appear under their names only on ``close()``.
 
     Use as a context manager; on an exception the temporary files are removed and any existing
@@ -389,17 +402,8 @@ class RecordWriter:
                 os.remove(tmp)
         self._rec = self._idx = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-class FaceRecWriter:
+class FaceRecWriter(_CommitOnSuccess):
     """Stream face images into ``rec_path`` + ``.idx``, in class-id order.
 
     ``add(class_id, encoded_image)`` appends one image (class ids 0..K-1, non-decreasing).
@@ -446,15 +450,6 @@ class FaceRecWriter:
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_face_rec(rec_path, samples, with_header=True):
