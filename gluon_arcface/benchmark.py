@@ -34,6 +34,7 @@ from mxnet import np as mnp
 from .model import CHANNELS, BN_EPS, PRELU_INIT, STANDARDIZE_EPS, TestBlock, TrainBlock, \
     faceresnet_spec, inference_net
 from .margin import COS_CLIP, NORM_EPS
+from .datasets import read_facerec_meta
 
 __all__ = ['TRAIN_CASES', 'INFER_CASES', 'torch_available', 'interleaved', 'mx_train_case',
            'torch_train_case', 'mx_infer_case', 'torch_infer_case', 'make_rec_dataset',
@@ -438,8 +439,10 @@ def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300,
         finally:
             if tmp is not None:
                 tmp.cleanup()
+        (height, width), _ = read_facerec_meta(data_dir) if tmp is None else ((image_size,) * 2,
+                                                                              None)
         result['loader'] = dict(images_per_sec=rate, data_dir=None if tmp else data_dir,
-                                workers=loader_workers)
+                                workers=loader_workers, image_size=[height, width])
     result['machine']['load_average_after'] = machine_info()['load_average']
     return result
 
@@ -494,9 +497,11 @@ def format_report(result):
         for name, rate in (s.get(part) or {}).items():
             lines.append('| %s | %s | %.1f |' % (title, name, rate))
     if 'loader' in result:
-        lines.append('| data loader | load_data_face_rec, %d workers, %dx%d JPEG .rec | %.0f |'
-                     % (result['loader']['workers'], c['image_size'], c['image_size'],
-                        result['loader']['images_per_sec']))
+        ld = result['loader']
+        lines.append('| data loader | load_data_face_rec, %d workers, %dx%d JPEG .rec%s | %.0f |'
+                     % ((ld['workers'],) + tuple(ld['image_size'])
+                        + (' (%s)' % ld['data_dir'] if ld['data_dir'] else '',
+                           ld['images_per_sec'])))
     if s['ratios']:
         lines += ['', '| ratio | value |', '| --- | ---: |']
         lines += ['| %s | %.2f |' % (k, v) for k, v in s['ratios'].items()]
