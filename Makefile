@@ -37,6 +37,8 @@ $(STAMP): setup.py
 	  echo "creating $(VENV) with $$found ($$($$found --version 2>&1))"; \
 	  $$found -m venv $(VENV); \
 	fi
+	@# a current pip first: pip 23.0 (Python 3.8's venv) backtracks for over 15 minutes through
+	@# the jupyter stack that d2l 1.0.3 pins; pip 25 resolves it in about a minute
 	$(PY) -m pip install --upgrade pip setuptools wheel >/dev/null
 	$(PY) -m pip install -e ".[$(MXNET_VARIANT),test]"
 	rm -f $(VENV)/.installed-*
