@@ -1,6 +1,7 @@
-"""Shared fixtures: fixed seeds for every test."""
+"""Shared fixtures: fixed seeds for every test; a tiny RecordIO dataset."""
 import random
 
+import cv2
 import numpy as onp
 import pytest
 
@@ -14,3 +15,18 @@ def fixed_seeds():
     onp.random.seed(0)
     mx.random.seed(0)
     yield
+
+
+@pytest.fixture
+def make_tiny_rec():
+    """``make(folder, num_classes, per_class=8)``: train.rec/.idx + property of random 16x16 PNGs
+    (classes in order, seeded); returns the ``(label, png bytes)`` samples written."""
+    def make(folder, num_classes, per_class=8):
+        import gluon_arcface as gaf
+        rng = onp.random.RandomState(0)
+        samples = [(label, cv2.imencode('.png', rng.randint(0, 255, (16, 16, 3), onp.uint8))[1]
+                    .tobytes()) for label in range(num_classes) for _ in range(per_class)]
+        gaf.write_face_rec(str(folder / 'train.rec'), samples)
+        gaf.write_property(str(folder), num_classes, (16, 16), len(samples))
+        return samples
+    return make

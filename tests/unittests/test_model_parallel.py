@@ -1,5 +1,4 @@
 """The model-parallel head: fc7 split over devices gives the single head's loss and gradients."""
-import cv2
 import numpy as onp
 import pytest
 
@@ -222,16 +221,12 @@ def test_training_matches_the_single_head_and_resumes(tmp_path):
         onp.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_recipe_model_parallel_run(tmp_path):
+def test_recipe_model_parallel_run(tmp_path, make_tiny_rec):
     """train.py --model-parallel: a run folder whose model verifies and whose checkpoint is a
     TrainBlock's."""
     data = tmp_path / 'data'
     data.mkdir()
-    rng = onp.random.RandomState(0)
-    samples = [(label, cv2.imencode('.png', rng.randint(0, 255, (16, 16, 3), onp.uint8))[1]
-                .tobytes()) for label in range(4) for _ in range(8)]
-    gaf.write_face_rec(str(data / 'train.rec'), samples)
-    gaf.write_property(str(data), 4, (16, 16), len(samples))
+    samples = make_tiny_rec(data, 4)
     gaf.write_bin(str(data / 'val.bin'), [b for _, b in samples[:20]], [True, False] * 5)
     metrics = recipe.fit(str(tmp_path / 'run'), data_dir=str(data), val_targets=['val'],
                              num_layers=18, emb_size=EMB, batch_size=16, epochs=1,
