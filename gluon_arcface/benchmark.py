@@ -439,10 +439,9 @@ def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300,
         finally:
             if tmp is not None:
                 tmp.cleanup()
-        (height, width), _ = read_facerec_meta(data_dir) if tmp is None else ((image_size,) * 2,
-                                                                              None)
+        size = read_facerec_meta(data_dir)[0] if tmp is None else (image_size, image_size)
         result['loader'] = dict(images_per_sec=rate, data_dir=None if tmp else data_dir,
-                                workers=loader_workers, image_size=[height, width])
+                                workers=loader_workers, image_size=list(size))
     result['machine']['load_average_after'] = machine_info()['load_average']
     return result
 

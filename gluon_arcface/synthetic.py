@@ -710,14 +710,19 @@ def generate_pairs(num_pairs=SYNTHETIC_DEFAULTS['num_pairs'],
     return images, issame
 
 
+def _encode_jpeg(rgb, quality):
+    ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError('cv2.imencode failed')
+    return buf.tobytes()
+
+
 def jpeg_roundtrip(images, quality=95):
     """Encode and decode RGB uint8 images as JPEG with OpenCV (as the dataset files are written)."""
     out = onp.empty_like(images)
     for i, im in enumerate(images):
-        ok, buf = cv2.imencode('.jpg', cv2.cvtColor(im, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        if not ok:
-            raise RuntimeError('cv2.imencode failed')
+        buf = onp.frombuffer(_encode_jpeg(im, quality), onp.uint8)
         out[i] = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return out
 
@@ -725,14 +730,6 @@ def jpeg_roundtrip(images, quality=95):
 # ----------------------------------------------------------------------------- the dataset files
 
 SYNTHETIC_VAL = 'synthetic_val'  # name of the verification set (synthetic_val.bin)
-
-
-def _encode_jpeg(rgb, quality):
-    ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError('cv2.imencode failed')
-    return buf.tobytes()
 
 
 def make_faces_synthetic(root, num_identities=None, images_per_identity=None, num_heldout=None,
