@@ -1,44 +1,73 @@
 """gluon_arcface: the d2l "Training ArcFace" chapter as an MXNet Gluon package.
 
-``import gluon_arcface as gaf`` switches MXNet to NumPy semantics (``npx.set_np()``), as the
-chapter does, and exposes the chapter's helpers (get_faceresnet, ArcMarginBlock, TrainBlock,
-TestBlock, read_facerec_meta, load_data_face_rec, train_ch_facerec, test_face_11, ...).
+``import gluon_arcface as gaf`` exposes the chapter's helpers (get_faceresnet, ArcMarginBlock,
+TrainBlock, TestBlock, read_facerec_meta, load_data_face_rec, train_ch_facerec, test_face_11,
+...) and switches MXNet to NumPy semantics (``npx.set_np()``), as the chapter does.
 
-Modules: model / margin (blocks), recordio / binfile / datasets (data formats and datasets),
-hub (downloads), synthetic (the offline dataset), prepare / align (dataset tools), training /
-checkpoint (training), distributed / parallel (scaling out), verification, inference,
-plotting, recipe (what scripts/train.py runs), benchmark (scripts/benchmark.py).
+Importing the package first applies the thread policy (:mod:`gluon_arcface.threads`: one
+compute thread per physical core, unless ``OMP_NUM_THREADS`` says otherwise), which must happen
+before MXNet loads; MXNet and the modules that use it load at the first use of a name below, so
+that a script can still pass its ``--threads`` to ``gaf.configure_threads`` after parsing its
+arguments. The README's "Layout" section says which module does what.
 """
-from mxnet import npx as _npx
+import importlib
 
-_npx.set_np()
+from . import threads as _threads
+
+_threads.configure_threads()
 
 __version__ = '0.1.0'
 
-from .margin import ArcMarginBlock, SoftmaxBlock, MARGIN_PRESETS
-from .model import (BasicBlockV3, FaceResNet, PReLU, get_faceresnet, faceresnet_spec, TrainBlock,
-                    TestBlock, inference_net)
-from .errors import (GluonArcFaceError, FaceDataError, ImageDecodeError, UnsafePickleError,
-                     DownloadError, ChecksumError, UnsafeArchiveError, CheckpointError,
-                     ConfigError, TrainingDivergedError)
-from .recordio import (RecordReader, RecordWriter, FaceRecWriter, build_index, scan_records,
-                       write_face_rec)
-from .binfile import load_bin, read_bin, write_bin, decode_image
-from .datasets import (read_facerec_meta, write_property, FaceFolderDataset, FaceRecordDataset,
-                       FaceTrainTransform, FaceDataLoader, SkippedImage, load_data_face_rec,
-                       list_val_targets)
-from .hub import DATA_HUB, GENERATED, download, download_extract, get_data_home
-from .align import ARCFACE_TEMPLATE, align_face, estimate_similarity
-from .prepare import prepare_dataset, bin_from_pairs, sample_pairs, check_dataset
-from .verification import (VerificationResult, compute_embeddings, test_face_11, verify,
-                           evaluate_embeddings, plot_roc, format_table)
-from .checkpoint import save_checkpoint, load_checkpoint, latest_checkpoint
-from .training import (train_ch_facerec, lr_at_epoch, make_test_net, sync_aux_states,
-                       data_parallel_step)
-from .distributed import (create_kvstore, create_trainer, WorkerGroup, launch, DistributedError,
-                          DIST_KVSTORES)
-from .parallel import (FeatBlock, split_head, class_ranges, ModelParallelNet, ModelParallelTrainer,
-                       train_ch_facerec_parall, gather_head, scatter_head)
-from .inference import (get_embedding, embed_images, embed_files, cosine_similarity,
-                        compare_faces, export_embedding_net, load_embedding_net, FaceEmbedder)
-from .plotting import plot_history, plot_face_grid
+# Public name -> the module defining it.
+_EXPORTS = {
+    'margin': ['ArcMarginBlock', 'SoftmaxBlock', 'MARGIN_PRESETS'],
+    'model': ['BasicBlockV3', 'FaceResNet', 'PReLU', 'get_faceresnet', 'faceresnet_spec',
+              'TrainBlock', 'TestBlock', 'inference_net'],
+    'errors': ['GluonArcFaceError', 'FaceDataError', 'ImageDecodeError', 'UnsafePickleError',
+               'DownloadError', 'ChecksumError', 'UnsafeArchiveError', 'CheckpointError',
+               'ConfigError', 'TrainingDivergedError'],
+    'recordio': ['RecordReader', 'RecordWriter', 'FaceRecWriter', 'build_index', 'scan_records',
+                 'write_face_rec'],
+    'binfile': ['load_bin', 'read_bin', 'write_bin', 'decode_image'],
+    'datasets': ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
+                 'FaceTrainTransform', 'FaceDataLoader', 'SkippedImage', 'load_data_face_rec',
+                 'list_val_targets'],
+    'hub': ['DATA_HUB', 'GENERATED', 'download', 'download_extract', 'get_data_home'],
+    'align': ['ARCFACE_TEMPLATE', 'align_face', 'estimate_similarity'],
+    'prepare': ['prepare_dataset', 'bin_from_pairs', 'sample_pairs', 'check_dataset'],
+    'verification': ['VerificationResult', 'compute_embeddings', 'test_face_11', 'verify',
+                     'evaluate_embeddings', 'plot_roc', 'format_table'],
+    'checkpoint': ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint'],
+    'training': ['train_ch_facerec', 'lr_at_epoch', 'make_test_net', 'sync_aux_states',
+                 'data_parallel_step'],
+    'distributed': ['create_kvstore', 'create_trainer', 'WorkerGroup', 'launch',
+                    'DistributedError', 'DIST_KVSTORES'],
+    'parallel': ['FeatBlock', 'split_head', 'class_ranges', 'ModelParallelNet',
+                 'ModelParallelTrainer', 'train_ch_facerec_parall', 'gather_head',
+                 'scatter_head'],
+    'inference': ['get_embedding', 'embed_images', 'embed_files', 'cosine_similarity',
+                  'compare_faces', 'export_embedding_net', 'load_embedding_net', 'FaceEmbedder'],
+    'plotting': ['plot_history', 'plot_face_grid'],
+    'threads': ['configure_threads', 'thread_info'],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_MODULES = ('align', 'benchmark', 'binfile', 'checkpoint', 'datasets', 'distributed', 'errors',
+            'hub', 'inference', 'margin', 'model', 'parallel', 'plotting', 'prepare', 'recipe',
+            'recordio', 'synthetic', 'threads', 'training', 'verification')
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module('.' + _WHERE[name], __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module('.' + name, __name__)
+    else:
+        raise AttributeError('module %r has no attribute %r' % (__name__, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE) | set(_MODULES))

@@ -27,6 +27,7 @@ import tempfile
 import time
 
 import numpy as onp
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet import np as mnp
@@ -35,6 +36,7 @@ from .model import CHANNELS, BN_EPS, PRELU_INIT, STANDARDIZE_EPS, TestBlock, Tra
     faceresnet_spec, inference_net
 from .margin import COS_CLIP, NORM_EPS
 from .datasets import read_facerec_meta
+from .threads import thread_info
 
 __all__ = ['TRAIN_CASES', 'INFER_CASES', 'torch_available', 'interleaved', 'mx_train_case',
            'torch_train_case', 'mx_infer_case', 'torch_infer_case', 'make_rec_dataset',
@@ -55,45 +57,30 @@ def torch_available():
     return True
 
 
-def cpu_count():
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 _TORCH_THREADS = {'n': None}
 
 
 def _torch(threads=None):
-    """Import torch with ``threads`` intra-op threads (default: every CPU, as torch does alone).
+    """Import torch with ``threads`` intra-op threads (default: the package's thread policy,
+    the count MXNet computes with).
 
     MXNet sets the OpenMP thread count of the Python thread to 1 when it starts (its operators
     run in its own engine threads), and torch, which shares the OpenMP runtime, would then run
-    on a single thread: set it back explicitly.
+    on a single thread: set it explicitly.
     """
     import torch
-    torch.set_num_threads(threads or _TORCH_THREADS['n'] or cpu_count())
+    torch.set_num_threads(threads or _TORCH_THREADS['n'] or thread_info()['compute_threads'])
     return torch
 
 
 def machine_info():
-    """A short description of the machine and its load, for the report."""
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    """The machine, the threads each framework uses, and the load, for the report."""
     load = os.getloadavg() if hasattr(os, 'getloadavg') else None
-    info = dict(cpu=cpu, cores=os.cpu_count(), mxnet=mx.__version__,
-                load_average=[round(v, 2) for v in load] if load else None,
-                omp_num_threads=os.environ.get('OMP_NUM_THREADS'))
+    info = thread_info()
+    info = dict(cpu=info['cpu_model'], cores=info['physical_cores'], mxnet=mx.__version__,
+                mxnet_threads=info['compute_threads'], threads_from=info['threads_from'],
+                avx512_bf16=info['avx512_bf16'], amx=info['amx'],
+                load_average=[round(v, 2) for v in load] if load else None)
     if torch_available():
         torch = _torch()
         info['torch'] = torch.__version__
@@ -379,8 +366,9 @@ def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300,
                   data_dir=None, threads=None, log=print):
     """Measure everything; returns a dict (see ``format_report``).
 
-    ``threads``: PyTorch's intra-op threads (default: every CPU). MXNet's OpenMP threads are
-    fixed when it starts (``OMP_NUM_THREADS``; scripts/benchmark.py --threads sets both).
+    ``threads``: PyTorch's intra-op threads (default: as many as MXNet's). MXNet's OpenMP
+    threads are fixed when it loads (the package's thread policy; scripts/benchmark.py
+    --threads sets both).
     """
     _TORCH_THREADS['n'] = threads
     use_torch = torch_available()
@@ -485,10 +473,10 @@ def format_report(result):
                 c['batch_size'], c['num_classes'], c['infer_batch_size'], c['rounds'],
                 c['window']),
              *(['command: `%s`' % result['command']] if result.get('command') else []),
-             'machine: %s, %s cores, mxnet %s%s%s; load average before %s, after %s'
-             % (m['cpu'], m['cores'], m['mxnet'],
-                ' (OMP_NUM_THREADS=%s)' % m['omp_num_threads'] if m.get('omp_num_threads')
-                else '',
+             'machine: %s (%s physical cores; AVX512-BF16 %s, AMX %s), mxnet %s (%s threads, '
+             '%s)%s; load average before %s, after %s'
+             % (m['cpu'], m['cores'], 'yes' if m['avx512_bf16'] else 'no',
+                'yes' if m['amx'] else 'no', m['mxnet'], m['mxnet_threads'], m['threads_from'],
                 ', torch %s (%s threads)' % (m['torch'], m['torch_threads'])
                 if 'torch' in m else '', m['load_average'], m.get('load_average_after')),
              '', '| what | case | images/s |', '| --- | --- | ---: |']

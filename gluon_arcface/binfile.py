@@ -18,6 +18,7 @@ import warnings
 
 import cv2
 import numpy as np
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import np as mnp
 
 from .errors import FaceDataError, ImageDecodeError, UnsafePickleError

@@ -16,7 +16,8 @@ import tempfile
 
 from .errors import CheckpointError
 
-__all__ = ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'save_best',
+__all__ = ['save_checkpoint', 'load_checkpoint', 'load_parameters', 'latest_checkpoint',
+           'save_best',
            'atomic_write', 'write_json', 'check_states_file']
 
 STATE_FILE = 'checkpoint.json'
@@ -113,6 +114,22 @@ def latest_checkpoint(folder):
     return _read_state(folder) if os.path.isdir(folder) else None
 
 
+def load_parameters(net, path, ctx=None):
+    """``net.load_parameters(path, ctx)``, also accepting a file written before the margin heads
+    had their state parameters (``margin_scale``, ``margin_ramp``): those keep their values."""
+    from .margin import HEAD_STATE
+    try:
+        net.load_parameters(path, ctx=ctx)
+    except AssertionError as e:  # gluon's message for a parameter missing from the file
+        if 'is missing in file' not in str(e) or not hasattr(net, '_collect_params_with_prefix'):
+            raise
+        from mxnet import npx
+        absent = set(net._collect_params_with_prefix()) - set(npx.load(path))
+        if not absent or any(name.rsplit('.', 1)[-1] not in HEAD_STATE for name in absent):
+            raise
+        net.load_parameters(path, ctx=ctx, allow_missing=True)
+
+
 def load_checkpoint(folder, net, trainer=None, ctx=None):
     """Restore the latest checkpoint of ``folder`` into ``net`` (and ``trainer``).
 
@@ -130,7 +147,7 @@ def load_checkpoint(folder, net, trainer=None, ctx=None):
             raise CheckpointError('%s: listed in %s but missing%s'
                                   % (path, STATE_FILE, _others(folder, path)))
     try:
-        net.load_parameters(params, ctx=ctx)
+        load_parameters(net, params, ctx=ctx)
     except Exception as e:  # noqa: BLE001 - MXNet reports bad files and mismatches variously
         if 'file format' in str(e) or 'fi->Read' in str(e):
             raise CheckpointError('%s is unreadable (truncated or corrupt)%s'

@@ -13,6 +13,7 @@ import random
 import threading
 
 import numpy as np
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import gluon
 from mxnet import np as mnp
 

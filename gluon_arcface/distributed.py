@@ -27,11 +27,13 @@ import threading
 import time
 import weakref
 
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon.parameter import DeferredInitializationError
 
 from .errors import CheckpointError, GluonArcFaceError
+from .threads import cgroup_cpu_limit, physical_cores, user_threads
 
 __all__ = ['DistributedError', 'DIST_KVSTORES', 'LOCAL_KVSTORES', 'create_kvstore',
            'create_trainer',
@@ -343,7 +345,7 @@ def _raise_exit(signum, frame):
 
 def launch(command, num_workers, num_servers=None, launcher='local', hostfile=None,
            sync_dst_dir=None, env=(), env_server=(), env_worker=(), host_ip=None, timeout=None,
-           grace=30.0):
+           grace=30.0, threads=None):
     """Run ``command`` (a list of arguments) as a distributed job; return its exit status.
 
     MXNet's launcher starts a scheduler, ``num_servers`` servers (default: ``num_workers``) and
@@ -351,7 +353,10 @@ def launch(command, num_workers, num_servers=None, launcher='local', hostfile=No
     machine (``launcher='local'``) or on the machines of ``hostfile`` ('ssh', 'mpi'; 'sge',
     'yarn' as MXNet supports them). ``env`` / ``env_server`` / ``env_worker`` are launch.py's
     ``--env`` options (``NAME:value``). ``host_ip``: the scheduler's address (default 127.0.0.1
-    for 'local', the launcher's guess otherwise).
+    for 'local', the launcher's guess otherwise). ``threads``: the compute threads of each
+    process (``OMP_NUM_THREADS``); by default the local launcher shares this machine's physical
+    cores among the workers (unless the user set OMP_NUM_THREADS), and with other launchers each
+    process applies the thread policy on its own machine.
 
     The job's processes form one process group, stopped (SIGTERM, then SIGKILL) when any of them
     exits non-zero (whose status is returned), when ``timeout`` seconds pass (status 124), on
@@ -371,6 +376,14 @@ def launch(command, num_workers, num_servers=None, launcher='local', hostfile=No
         raise ValueError('expected at least one worker and one server, got %s workers, %s servers'
                          % (num_workers, num_servers))
     args = ['-n', str(num_workers), '-s', str(num_servers or num_workers), '--launcher', launcher]
+    child_env = dict(os.environ)
+    if threads is None and launcher == 'local' and user_threads() is None:
+        threads = max(1, physical_cores(quota=cgroup_cpu_limit()) // num_workers)
+    if threads is not None:
+        child_env['OMP_NUM_THREADS'] = str(threads)
+        env = list(env) + ['OMP_NUM_THREADS:%d' % threads]
+    elif user_threads() is None:  # this process's policy value: each process chooses its own
+        child_env.pop('OMP_NUM_THREADS', None)
     if hostfile:
         args += ['-H', hostfile]
     if sync_dst_dir:
@@ -383,7 +396,7 @@ def launch(command, num_workers, num_servers=None, launcher='local', hostfile=No
     if host_ip is None and launcher == 'local':
         host_ip = '127.0.0.1'
     proc = subprocess.Popen([sys.executable, '-c', _BOOT, launcher_script(), host_ip or ''] + args,
-                            start_new_session=True)
+                            start_new_session=True, env=child_env)
     previous = None  # SIGTERM ends this process through the finally below, not at once
     if threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:

@@ -10,6 +10,7 @@ import warnings
 
 import cv2
 import numpy as onp
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet import np as mnp

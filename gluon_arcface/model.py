@@ -17,6 +17,7 @@ instead of the NumPy ``+``. Parameter names, shapes and values are those of the 
 """
 import os
 
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import init
 from mxnet.gluon import nn
 

@@ -22,12 +22,14 @@ import os
 import pickle
 import tempfile
 
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
+import numpy as onp
 import mxnet as mx
 from mxnet import autograd, gluon, np, npx
 from mxnet.gluon import nn
 
 from .checkpoint import check_states_file
-from .margin import ArcMarginBlock, SoftmaxBlock
+from .margin import HEAD_STATE, ArcMarginBlock, SoftmaxBlock, adacos_scale, set_head_state
 from .model import STANDARDIZE_EPS, get_faceresnet
 from .training import as_ctx_list, make_test_net, train_ch_facerec
 
@@ -100,22 +102,28 @@ def _structural(block):
 
 def gather_head(cls_nets):
     """The blocks' parameters joined in class order on the CPU, under the TrainBlock's names:
-    ``{'margin_block.fc7_weight': (num_classes, emb_size), ...}``."""
+    ``{'margin_block.fc7_weight': (num_classes, emb_size), ...}``; the state parameters
+    (``margin_scale``, ``margin_ramp``: the same in every block) are taken from the first."""
     names = sorted(_structural(cls_nets[0]))
     out = {}
     for name in names:
         parts = [_structural(c)[name].data().as_in_ctx(mx.cpu()) for c in cls_nets]
-        out[HEAD_PREFIX + name] = np.concatenate(parts, axis=0)
+        out[HEAD_PREFIX + name] = parts[0] if name in HEAD_STATE else np.concatenate(parts, axis=0)
     return out
 
 
 def scatter_head(arrays, cls_nets):
-    """Set the blocks' parameters from a TrainBlock-layout dict (as ``gather_head`` returns)."""
+    """Set the blocks' parameters from a TrainBlock-layout dict (as ``gather_head`` returns).
+    State parameters missing from ``arrays`` (checkpoints older than them) keep their values."""
     total = sum(c.num_classes for c in cls_nets)
     start = 0
     for c in cls_nets:
         for name, param in _structural(c).items():
             key = HEAD_PREFIX + name
+            if name in HEAD_STATE:
+                if key in arrays:
+                    param.set_data(arrays[key])
+                continue
             if key not in arrays:
                 raise ValueError('%s missing: expected the head parameters of a TrainBlock '
                                  'checkpoint' % key)
@@ -187,6 +195,9 @@ class ModelParallelNet(gluon.Block):
         loss = np.log(sum_exp) + top - target_logit
         autograd.backward(logits, [e / sum_exp.as_in_ctx(e.ctx)[:, None] - t
                                    for e, t in zip(exps, targets)])
+        if getattr(self.cls_nets[0], 'adaptive_scale', False):
+            off_target = on_hub([(e * (1 - t)).sum(axis=1) for e, t in zip(exps, targets)])
+            self._update_scale(off_target.sum(axis=0), top, target_logit)
         emb_grad = sum(x.grad.as_in_ctx(hub) for x in inputs)
         start, emb_grads = 0, []
         for e in embs:
@@ -199,6 +210,18 @@ class ModelParallelNet(gluon.Block):
                              for z, offset in zip(logits, self.offsets)])
         pred = npx.pick(local_best, best, axis=0)
         return loss, pred
+
+    def _update_scale(self, off_target, top, target_logit):
+        """Dynamic AdaCos across the blocks, as ArcMarginBlock.update_scale on one head:
+        ``off_target`` (B,) sums exp(logit - top) over the non-target classes of all blocks."""
+        head = self.cls_nets[0]
+        scale, ramp = head.state('margin_scale'), head.state('margin_ramp')
+        top, off_target = top.asnumpy().astype('float64'), off_target.asnumpy().astype('float64')
+        target = target_logit.asnumpy().astype('float64')
+        others = onp.exp(top) * off_target
+        new = adacos_scale(others, head.target_angle(target, scale, ramp))
+        for block in self.cls_nets:
+            set_head_state(block, 'margin_scale', new)
 
     def batch_step(self, X, y, ctx):
         """``train_ch_facerec``'s batch step: ``(summed loss, correct predictions)``."""

@@ -4,34 +4,33 @@ training, final verification, and the files a run leaves in its output folder.
 Output folder: ``train.log``, ``config.json``, ``metrics.json``, ``curves.png``, ``roc.png``,
 ``checkpoints/`` (per epoch, best, resume state) and ``model/`` (the exported embedding network).
 """
+import dataclasses
 import os
-import sys
-import time
+import random
 
+import numpy as onp
+
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 from mxnet import gluon
 
 from . import checkpoint as ckpt
+from .cli import log_to_file
+from .config import SYNTHETIC_VAL, TrainConfig
 from .datasets import load_data_face_rec, read_facerec_meta
 from .distributed import WorkerGroup, create_kvstore, create_trainer
-from .errors import ConfigError, DownloadError, GluonArcFaceError
+from .errors import ConfigError, DownloadError
 from .hub import download_extract
 from .inference import export_embedding_net
 from .margin import MARGIN_PRESETS, SoftmaxBlock
 from .model import TrainBlock
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
 from .plotting import plot_history
+from .threads import decoding_workers, thread_info
 from .training import make_test_net, train_ch_facerec
 from .verification import format_table, plot_roc, verify
 
-__all__ = ['parse_ctx', 'margin_settings', 'resolve_data_dir', 'fit', 'main_guard', 'DEFAULTS']
-
-SYNTHETIC_VAL = 'synthetic_val'  # the verification set of faces-synthetic
-
-# The chapter's settings.
-DEFAULTS = dict(dataset='faces-casia-ultrasmall', val_targets=('lfw_small',), num_layers=18,
-                emb_size=256, batch_size=512, lr=0.1, wd=5e-4, momentum=0.0, epochs=5,
-                loss='arcface', margin_s=64.0)
+__all__ = ['parse_ctx', 'margin_settings', 'resolve_data_dir', 'fit']
 
 
 def parse_ctx(spec=None):
@@ -66,21 +65,6 @@ def margin_settings(loss='arcface', margin_s=64.0, margin_m=None, margin_a=None,
     return out
 
 
-class _Log:
-    """print() to the console and to ``train.log``."""
-
-    def __init__(self, path, enabled=True):
-        self.path, self.enabled = path, enabled
-
-    def __call__(self, *parts):
-        if not self.enabled:
-            return
-        line = ' '.join(str(p) for p in parts)
-        print(line, flush=True)
-        with open(self.path, 'a') as f:
-            f.write(time.strftime('%Y-%m-%d %H:%M:%S ') + line + '\n')
-
-
 def resolve_data_dir(dataset=None, data_dir=None):
     """A folder with property/train.rec/... from ``data_dir`` or the hub name ``dataset``."""
     if data_dir:
@@ -95,87 +79,104 @@ def resolve_data_dir(dataset=None, data_dir=None):
                             % (e, SYNTHETIC_VAL)) from None
 
 
-def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS['val_targets'],
-        num_layers=18, emb_size=256, batch_size=512, lr=0.1, wd=5e-4, momentum=0.0, epochs=5,
-        loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None,
-        lr_steps=(), ctx=None, verify_every=1, resume=False, num_workers=2, seed=None,
-        kvstore='device', model_parallel=False, skip_bad=False, export=True, progress=True):
+def fit(config=None, **settings):
     """Train a FaceResNet with a margin head as the chapter does and write a run folder.
+
+    ``config``: a :class:`~gluon_arcface.config.TrainConfig` (default: the chapter's settings);
+    keyword arguments override its fields, e.g. ``fit(output='runs/a', epochs=2)``. See
+    ``TrainConfig`` (or ``scripts/train.py --help``) for every setting.
 
     ``batch_size`` is the global batch: with a dist kvstore each of the N workers (started by
     ``gaf.launch``) reads batches of batch_size / N from its 1/N of the images, and only rank 0
     writes to ``output``. ``model_parallel`` splits fc7 over the devices of ``ctx``
-    (``train_ch_facerec_parall``), on one machine. ``skip_bad`` replaces undecodable images by
-    the next good one and lists them in train.log and metrics.json instead of stopping.
+    (``train_ch_facerec_parall``), on one machine.
 
     Returns the metrics dict also written to ``output/metrics.json``:
     ``{'epochs': [...], 'verification': {target: {...}}}``.
     """
-    ctx = ctx if isinstance(ctx, list) else parse_ctx(ctx)
-    kv = create_kvstore(kvstore)
-    group = WorkerGroup(kv)
-    rank, num_workers_kv, is_master = group.rank, group.num_workers, group.is_master
-    if batch_size % num_workers_kv:
-        raise ConfigError('batch size %d: expected a multiple of the number of workers (%d); it '
-                         'is the global batch, split over the workers'
-                         % (batch_size, num_workers_kv))
-    if model_parallel and group.distributed:
-        raise ConfigError('model_parallel splits fc7 over the devices of one machine; it does not '
-                         'combine with kvstore %s' % kvstore)
-    if is_master:
-        os.makedirs(output, exist_ok=True)
-    log = _Log(os.path.join(output, 'train.log'), enabled=is_master)
-    if seed is not None:
-        mx.random.seed(seed + rank)
-        import numpy as onp
-        import random
-        onp.random.seed(seed + rank)
-        random.seed(seed + rank)
-    data_dir = resolve_data_dir(dataset, data_dir)
-    image_size, num_classes = read_facerec_meta(data_dir)
-    loader, val_set = load_data_face_rec(
-        data_dir, list(val_targets), batch_size // num_workers_kv, num_workers=num_workers,
-        num_parts=num_workers_kv, part_index=rank, seed=seed, skip_bad=skip_bad)
-    use_dropout = num_classes <= 20000  # as in the chapter
-    margin = margin_settings(loss, margin_s, margin_m, margin_a, margin_b)
-    config = dict(data_dir=data_dir, image_size=list(image_size), num_classes=num_classes,
-                  images=loader.dataset_info['images'], num_layers=num_layers,
-                  emb_size=emb_size, use_dropout=use_dropout, batch_size=batch_size, lr=lr,
-                  wd=wd, momentum=momentum, epochs=epochs, loss=loss, margin=margin,
-                  lr_steps=list(lr_steps or ()), ctx=[str(c) for c in ctx],
-                  kvstore=kvstore, workers=num_workers_kv, model_parallel=model_parallel,
-                  skip_bad=skip_bad, seed=seed)
-    if is_master:
-        ckpt.write_json(os.path.join(output, 'config.json'), config)
-    log('data: %s (%d images, %d identities, %dx%d); verification: %s'
-        % (data_dir, config['images'], num_classes, image_size[0], image_size[1],
-           ', '.join(val_targets) or 'none'))
-    log('model: FaceResNet-%d, %d-d embedding, %s head%s%s; devices: %s%s'
-        % (num_layers, emb_size, loss, ' %s' % margin if margin else '',
-           ' split over the devices' if model_parallel else '', ', '.join(config['ctx']),
-           '; %d workers (%s), %d images per worker and step'
-           % (num_workers_kv, kvstore, batch_size // num_workers_kv) if group.distributed else ''))
+    config = config or TrainConfig()
+    if settings:
+        config = dataclasses.replace(config, **settings)
+    return _fit(config)
 
-    options = dict(val_set=val_set, verify_every=verify_every, lr_steps=lr_steps,
-                   checkpoint_dir=os.path.join(output, 'checkpoints'), resume=resume,
-                   progress=progress and is_master, log=log, is_master=is_master, animator=False)
-    if model_parallel:
-        net = FeatBlock(num_layers, emb_size, use_dropout)
+
+def _fit(c):
+    ctx = parse_ctx(c.ctx)
+    kv = create_kvstore(c.kvstore)
+    group = WorkerGroup(kv)
+    num_workers_kv, is_master = group.num_workers, group.is_master
+    if c.batch_size % num_workers_kv:
+        raise ConfigError('batch size %d: expected a multiple of the number of workers (%d); it '
+                          'is the global batch, split over the workers'
+                          % (c.batch_size, num_workers_kv))
+    if c.model_parallel and group.distributed:
+        raise ConfigError('model_parallel splits fc7 over the devices of one machine; it does not '
+                          'combine with kvstore %s' % c.kvstore)
+    if is_master:
+        os.makedirs(c.output, exist_ok=True)
+    with log_to_file(os.path.join(c.output, 'train.log'), enabled=is_master) as log:
+        return _train(c, ctx, kv, group, log)
+
+
+def _train(c, ctx, kv, group, log):
+    rank, is_master = group.rank, group.is_master
+    if c.seed is not None:
+        mx.random.seed(c.seed + rank)
+        onp.random.seed(c.seed + rank)
+        random.seed(c.seed + rank)
+    data_dir = resolve_data_dir(c.dataset, c.data_dir)
+    image_size, num_classes = read_facerec_meta(data_dir)
+    num_workers = c.num_workers if c.num_workers is not None else decoding_workers(
+        on_gpu=any(x.device_type == 'gpu' for x in ctx))
+    loader, val_set = load_data_face_rec(
+        data_dir, list(c.val_targets), c.batch_size // group.num_workers,
+        num_workers=num_workers, num_parts=group.num_workers, part_index=rank, seed=c.seed,
+        skip_bad=c.skip_bad)
+    use_dropout = num_classes <= 20000  # as in the chapter
+    margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b)
+    system = thread_info(num_workers)
+    resolved = dict(data_dir=data_dir, image_size=list(image_size), num_classes=num_classes,
+                    images=loader.dataset_info['images'], use_dropout=use_dropout,
+                    margin=margin, ctx=[str(x) for x in ctx], workers=group.num_workers)
+    if is_master:
+        ckpt.write_json(os.path.join(c.output, 'config.json'),
+                        dict(settings=c.to_dict(), resolved=resolved, system=system))
+    log('data: %s (%d images, %d identities, %dx%d); verification: %s'
+        % (data_dir, resolved['images'], num_classes, image_size[0], image_size[1],
+           ', '.join(c.val_targets) or 'none'))
+    log('model: FaceResNet-%d, %d-d embedding, %s head%s%s; devices: %s%s'
+        % (c.num_layers, c.emb_size, c.loss, ' %s' % margin if margin else '',
+           ' split over the devices' if c.model_parallel else '', ', '.join(resolved['ctx']),
+           '; %d workers (%s), %d images per worker and step'
+           % (group.num_workers, c.kvstore, c.batch_size // group.num_workers)
+           if group.distributed else ''))
+    log('threads: %d compute (%s), %d decoding; CPU: %s (AVX512-BF16 %s, AMX %s)'
+        % (system['compute_threads'], system['threads_from'], num_workers, system['cpu_model'],
+           'yes' if system['avx512_bf16'] else 'no', 'yes' if system['amx'] else 'no'))
+
+    options = dict(val_set=val_set, verify_every=c.verify_every, lr_steps=c.lr_steps,
+                   checkpoint_dir=os.path.join(c.output, 'checkpoints'), resume=c.resume,
+                   progress=c.progress and is_master, log=log, is_master=is_master,
+                   animator=False)
+    if c.model_parallel:
+        net = FeatBlock(c.num_layers, c.emb_size, use_dropout)
         net.collect_params().reset_ctx(ctx)
-        cls_nets = split_head(emb_size, num_classes, ctx, margin, softmax=margin is None)
-        history = train_ch_facerec_parall(net, cls_nets, loader, epochs, ctx, lr=lr, wd=wd,
-                                          momentum=momentum, **options)
+        cls_nets = split_head(c.emb_size, num_classes, ctx, margin, softmax=margin is None)
+        history = train_ch_facerec_parall(net, cls_nets, loader, c.epochs, ctx, lr=c.lr,
+                                          wd=c.wd, momentum=c.momentum, **options)
     else:
-        head = SoftmaxBlock(emb_size, num_classes) if margin is None else None
-        net = TrainBlock(num_layers, emb_size, num_classes, use_dropout, margin=margin, head=head)
+        head = SoftmaxBlock(c.emb_size, num_classes) if margin is None else None
+        net = TrainBlock(c.num_layers, c.emb_size, num_classes, use_dropout, margin=margin,
+                         head=head)
         net.collect_params().reset_ctx(ctx)
-        optimizer = {'learning_rate': lr, 'wd': wd}
-        if momentum:
-            optimizer['momentum'] = momentum
+        optimizer = {'learning_rate': c.lr, 'wd': c.wd}
+        if c.momentum:
+            optimizer['momentum'] = c.momentum
         trainer = create_trainer(net.collect_params(), 'sgd', optimizer, kv)
         history = train_ch_facerec(net, loader, gluon.loss.SoftmaxCrossEntropyLoss(), trainer,
-                                   epochs, ctx, **options)
-
+                                   c.epochs, ctx, **options)
+    num_layers, loss, output, batch_size = c.num_layers, c.loss, c.output, c.batch_size
+    emb_size = c.emb_size
     metrics = dict(epochs=history['epochs'], verification={})
     if not is_master:
         return metrics
@@ -198,7 +199,7 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
                  title='FaceResNet-%d, %s' % (num_layers, loss))
     metrics['skipped_images'] = [s._asdict() for s in getattr(loader, 'skipped', [])]
     ckpt.write_json(os.path.join(output, 'metrics.json'), metrics)
-    if export:
+    if c.export:
         prefix = os.path.join(output, 'model', 'faceresnet%d' % num_layers)
         export_embedding_net(make_test_net(net), prefix, image_size)
         ckpt.write_json(os.path.join(output, 'model', 'model.json'), dict(
@@ -212,14 +213,3 @@ def fit(output, dataset=DEFAULTS['dataset'], data_dir=None, val_targets=DEFAULTS
                                ('metrics.json', 'curves.png', 'roc.png', 'train.log')))
     return metrics
 
-
-def main_guard(func):
-    """Run ``func``; show the package's errors as one clear line (exit 1), Ctrl-C as exit 130."""
-    try:
-        return func()
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        return 130
-    except (GluonArcFaceError, FileNotFoundError) as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 1

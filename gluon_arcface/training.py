@@ -11,12 +11,15 @@ import sys
 import threading
 import time
 
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 from mxnet import autograd, gluon
 
 from . import checkpoint as ckpt
 from .distributed import WorkerGroup
 from .errors import CheckpointError, TrainingDivergedError
+from .margin import head_state
+from .schedules import TrainSchedule
 
 __all__ = ['train_ch_facerec', 'lr_at_epoch', 'forward_backward', 'data_parallel_step',
            'make_test_net', 'as_ctx_list', 'sync_aux_states']
@@ -30,8 +33,9 @@ def as_ctx_list(ctx):
 
 
 def lr_at_epoch(base_lr, epoch, lr_steps=(), factor=0.1):
-    """Learning rate for 0-based ``epoch``: ``base_lr`` times ``factor`` per step <= epoch."""
-    return base_lr * factor ** sum(1 for step in (lr_steps or ()) if epoch >= step)
+    """Learning rate for 0-based ``epoch``: ``base_lr`` times ``factor`` per step <= epoch (the
+    chapter's schedule; see :class:`~gluon_arcface.schedules.TrainSchedule` for the others)."""
+    return TrainSchedule(base_lr, None, lr_steps=lr_steps, lr_factor=factor).lr(epoch)
 
 
 def forward_backward(net, loss, X, y, ctx):
@@ -50,11 +54,15 @@ def forward_backward(net, loss, X, y, ctx):
 
 
 def data_parallel_step(net, loss, ctx, X, y):
-    """train_ch_facerec's default batch step: ``forward_backward`` over ``ctx``.
+    """train_ch_facerec's default batch step: ``forward_backward`` over ``ctx``, then, for a
+    margin head with a dynamic AdaCos scale, the scale update from the batch's logits.
 
     Returns ``(summed loss, number of correct argmax predictions)`` as Python numbers.
     """
     losses, outs, ys = forward_backward(net, loss, X, y, ctx)
+    head = getattr(net, 'margin_block', None)
+    if getattr(head, 'adaptive_scale', False):  # dynamic AdaCos: the scale of the next step
+        head.update_scale(outs, ys)
     return (sum(float(l.sum()) for l in losses),
             sum(int((o.argmax(axis=1).astype('int64') == t.astype('int64')).sum())
                 for o, t in zip(outs, ys)))
@@ -132,13 +140,16 @@ def _default_animator(num_epochs, verify):
 def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, test_net=None,
                      verify_every=1, lr_steps=None, lr_factor=0.1, checkpoint_dir=None,
                      resume=False, keep_last=2, hybridize=True, progress=True, animator=None,
-                     log=print, is_master=None, verify_batch_size=None, batch_step=None):
+                     log=print, is_master=None, verify_batch_size=None, batch_step=None,
+                     schedule=None):
     """Train ``net`` (blocks called as ``net(X, y) -> logits``) for ``num_epochs`` epochs.
 
     The chapter's call ``train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx)`` works
     as is. Optional: ``val_set`` ({target: (data_list, issame)}) verified every
     ``verify_every`` epochs with ``test_net`` (built from a TrainBlock when omitted);
-    ``lr_steps`` (0-based epochs at which the LR is multiplied by ``lr_factor``);
+    ``lr_steps`` (0-based epochs at which the LR is multiplied by ``lr_factor``), or
+    ``schedule`` (a :class:`~gluon_arcface.schedules.TrainSchedule`: LR warm-up and cosine
+    decay, margin warm-up, backbone freezing; applied before every step);
     ``checkpoint_dir`` (parameters + trainer state after each epoch, ``best.params`` for the
     best mean verification accuracy) and ``resume`` (continue from its latest checkpoint).
     A NaN/inf loss raises TrainingDivergedError before the update is applied; Ctrl-C saves a
@@ -170,7 +181,9 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
         test_net = make_test_net(net)
     if verify_targets and hybridize and isinstance(test_net, gluon.HybridBlock):
         test_net.hybridize(static_alloc=True, static_shape=True)
-    base_lr = trainer.learning_rate
+    if schedule is None:
+        schedule = TrainSchedule(trainer.learning_rate, num_epochs, lr_steps=lr_steps,
+                                 lr_factor=lr_factor)
     history, start_epoch, best = {'epochs': []}, 0, None
     if resume and checkpoint_dir:
         state = ckpt.latest_checkpoint(checkpoint_dir)
@@ -181,7 +194,8 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
         if state is not None:
             state = ckpt.load_checkpoint(checkpoint_dir, net, states_trainer, ctx=ctx)
             history = state.get('history') or history
-            start_epoch, base_lr = state['epoch'], state.get('base_lr', base_lr)
+            start_epoch = state['epoch']
+            schedule.base_lr = state.get('base_lr', schedule.base_lr)
             best = state.get('best_accuracy')
             log('resumed from %s after epoch %d' % (checkpoint_dir, start_epoch))
     if animator is None and progress:
@@ -190,16 +204,17 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     def save(epoch):
         if checkpoint_dir and is_master:
             ckpt.save_checkpoint(checkpoint_dir, epoch, net, states_trainer, history, keep_last,
-                                 extra=dict(base_lr=base_lr, best_accuracy=best))
+                                 extra=dict(base_lr=schedule.base_lr, best_accuracy=best))
 
     reported_skips = 0
     with _Interrupt() as interrupt:
+        steps = _steps_per_epoch(loader)
         for epoch in range(start_epoch, num_epochs):
-            trainer.set_learning_rate(lr_at_epoch(base_lr, epoch, lr_steps, lr_factor))
             loss_sum, correct, seen, start = 0.0, 0, 0, time.time()
             for batch, (X, y) in enumerate(_progress(loader, epoch + 1, num_epochs, progress)):
                 if batch == 0:
                     group.start(trainer, net, X, y, ctx)  # rank 0's parameters everywhere
+                schedule.apply(net, trainer, epoch + batch / (steps or 1), steps)
                 batch_loss, batch_correct = batch_step(X, y)
                 if not math.isfinite(batch_loss):
                     raise TrainingDivergedError(
@@ -229,7 +244,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
             loss_sum, correct, seen = group.sum('epoch_counts', [loss_sum, correct, seen])
             record = dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
                           samples_per_sec=seen / seconds, seconds=seconds,
-                          lr=trainer.learning_rate)
+                          lr=trainer.learning_rate, **head_state(net))
             verify_now = verify_targets and ((epoch + 1) % verify_every == 0
                                              or epoch + 1 == num_epochs)
             if verify_now:
@@ -266,6 +281,13 @@ def _report_skips(loader, record, reported, log):
             % (len(skipped) - reported, record['epoch'], len(skipped), first.path,
                '' if first.record is None else ': record %s' % first.record, first.reason))
     return len(skipped)
+
+
+def _steps_per_epoch(loader):
+    try:
+        return len(loader)
+    except TypeError:  # an iterable without a length: the epoch is the unit
+        return None
 
 
 def _batch_size(loader, ctx):

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import tempfile
 
+from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 import numpy as onp
 from mxnet import autograd, gluon

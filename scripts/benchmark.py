@@ -11,9 +11,10 @@ Prints a markdown table with the medians over the rounds and the ratios.
 """
 import argparse
 import json
-import os
 import shlex
 import sys
+
+from gluon_arcface import cli
 
 # Case names and defaults; the measurement module is imported after --threads is applied.
 TRAIN_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'torch_nchw',
@@ -21,7 +22,7 @@ TRAIN_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'torch_nchw',
 INFER_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'mx_fast', 'torch_channels_last')
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--num-layers', type=int, default=18, choices=[18, 34, 50, 100],
@@ -43,11 +44,14 @@ def parse_args(argv=None):
                    help='images of the generated RecordIO set')
     p.add_argument('--loader-workers', type=int, default=2, help='loader decoding threads')
     p.add_argument('--data-dir', help='time the loader on this dataset folder instead')
-    p.add_argument('--threads', type=int,
-                   help='threads of both frameworks (OMP_NUM_THREADS for MXNet, '
-                        'torch.set_num_threads); default: MXNet and PyTorch defaults (all CPUs)')
+    cli.add_threads_argument(p)  # both frameworks: MXNet's OpenMP and torch.set_num_threads
     p.add_argument('--json', help='also write the raw measurements to this file')
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = cli.parse_args(lambda: p, argv)
     if args.image_size % 16:
         p.error('--image-size must be a multiple of 16 (four stride-2 stages)')
     for name in ('train_cases', 'infer_cases'):
@@ -61,9 +65,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        os.environ['OMP_NUM_THREADS'] = str(args.threads)  # before MXNet starts
+    args = parse_args(argv)  # applies --threads before MXNet loads
     from gluon_arcface import benchmark
     assert benchmark.TRAIN_CASES == TRAIN_CASES and benchmark.INFER_CASES == INFER_CASES
     result = benchmark.run_benchmark(

@@ -12,10 +12,11 @@ Python >= 3.9 and stops the whole job, with a non-zero exit status, when one pro
 import argparse
 import sys
 
-from gluon_arcface import distributed, recipe
+from gluon_arcface import cli
 
 
-def parse_args(argv=None):
+def build_parser():
+    from gluon_arcface import distributed
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-n', '--num-workers', type=int, required=True, help='number of workers')
@@ -36,8 +37,17 @@ def parse_args(argv=None):
     p.add_argument('--env-worker', action='append', default=[],
                    help='NAME:value for the workers only; repeatable')
     p.add_argument('--timeout', type=float, help='stop the job after this many seconds')
+    p.add_argument('--threads', type=int, metavar='N',
+                   help='CPU compute threads of each process started (OMP_NUM_THREADS; default: '
+                        'local: the physical cores shared among the workers; elsewhere each '
+                        'process applies the thread policy on its machine)')
     p.add_argument('command', nargs=argparse.REMAINDER,
                    help='the command every process runs, after --')
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.command[:1] == ['--']:
         args.command = args.command[1:]
@@ -48,9 +58,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    return recipe.main_guard(lambda: distributed.launch(
+    from gluon_arcface import distributed
+    return cli.main_guard(lambda: distributed.launch(
         args.command, args.num_workers, args.num_servers, launcher=args.launcher,
-        hostfile=args.hostfile, sync_dst_dir=args.sync_dst_dir, env=args.env,
+        hostfile=args.hostfile, sync_dst_dir=args.sync_dst_dir, env=args.env, threads=args.threads,
         env_server=args.env_server, env_worker=args.env_worker, host_ip=args.host_ip,
         timeout=args.timeout))
 

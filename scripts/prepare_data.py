@@ -11,8 +11,7 @@
 import argparse
 import sys
 
-import gluon_arcface as gaf
-from gluon_arcface import prepare
+from gluon_arcface import cli
 
 
 def _add_image_options(p):
@@ -27,8 +26,10 @@ def _add_image_options(p):
 
 
 def build_parser():
+    from gluon_arcface import prepare
     parser = argparse.ArgumentParser(prog='prepare_data.py', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_threads_argument(parser)
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
 
@@ -83,35 +84,36 @@ def build_parser():
 
 def main(argv=None):
     """Run one subcommand; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == 'folders':
-            summary = prepare.prepare_dataset(
-                args.src, args.out, image_size=args.image_size, formats=args.formats,
-                landmarks=args.landmarks, holdout=args.holdout, val_name=args.val_name,
-                num_pairs=args.num_pairs, min_images=args.min_images,
-                jpeg_quality=args.jpeg_quality, seed=args.seed, skip_bad=args.skip_bad,
-                overwrite=args.overwrite, progress=not args.no_progress)
-            print(prepare.format_summary(summary))
-        elif args.command == 'pairs':
-            summary = prepare.bin_from_pairs(
-                args.pairs_txt, args.image_root, args.out, image_size=args.image_size,
-                landmarks=args.landmarks, ext=args.ext, jpeg_quality=args.jpeg_quality,
-                overwrite=args.overwrite, progress=not args.no_progress)
-            print(prepare.format_summary(summary))
-        elif args.command == 'index':
-            idx_path, count, old = prepare.rebuild_index(args.rec)
-            print('wrote %s: %d records' % (idx_path, count))
-            if old:
-                print('the previous index differed; kept it as %s' % old)
-        else:
-            report = prepare.check_dataset(args.data_dir, max_errors=args.max_errors,
-                                           progress=not args.no_progress)
-            print(prepare.format_check_report(report))
-            return 1 if report['num_errors'] else 0
-    except (gaf.GluonArcFaceError, ValueError, OSError) as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 1
+    args = cli.parse_args(build_parser, argv)
+    return cli.main_guard(lambda: run(args))
+
+
+def run(args):
+    from gluon_arcface import prepare
+    if args.command == 'folders':
+        summary = prepare.prepare_dataset(
+            args.src, args.out, image_size=args.image_size, formats=args.formats,
+            landmarks=args.landmarks, holdout=args.holdout, val_name=args.val_name,
+            num_pairs=args.num_pairs, min_images=args.min_images,
+            jpeg_quality=args.jpeg_quality, seed=args.seed, skip_bad=args.skip_bad,
+            overwrite=args.overwrite, progress=not args.no_progress)
+        print(prepare.format_summary(summary))
+    elif args.command == 'pairs':
+        summary = prepare.bin_from_pairs(
+            args.pairs_txt, args.image_root, args.out, image_size=args.image_size,
+            landmarks=args.landmarks, ext=args.ext, jpeg_quality=args.jpeg_quality,
+            overwrite=args.overwrite, progress=not args.no_progress)
+        print(prepare.format_summary(summary))
+    elif args.command == 'index':
+        idx_path, count, old = prepare.rebuild_index(args.rec)
+        print('wrote %s: %d records' % (idx_path, count))
+        if old:
+            print('the previous index differed; kept it as %s' % old)
+    else:
+        report = prepare.check_dataset(args.data_dir, max_errors=args.max_errors,
+                                       progress=not args.no_progress)
+        print(prepare.format_check_report(report))
+        return 1 if report['num_errors'] else 0
     return 0
 
 

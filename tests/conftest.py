@@ -5,8 +5,11 @@ import cv2
 import numpy as onp
 import pytest
 
-import gluon_arcface  # noqa: F401  (switches MXNet to NumPy semantics, as the chapter does)
+import gluon_arcface  # noqa: F401  (first: its thread policy applies before MXNet loads)
 import mxnet as mx
+from mxnet import npx
+
+npx.set_np()  # as the chapter does (the package's modules also do when they load)
 
 
 @pytest.fixture(autouse=True)

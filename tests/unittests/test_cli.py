@@ -115,3 +115,43 @@ def test_short_training_on_synthetic_faces_beats_the_untrained_network(tmp_path)
     after = gaf.verify(val_set[SYNTHETIC_VAL], test_net, ctx, batch_size=64).accuracy
     assert after > before + 0.05, (before, after)
     assert onp.isfinite(after)
+
+
+@pytest.mark.parametrize('loss', ['softmax', 'arcface', 'cosface', 'sphereface'])
+def test_every_loss_trains_end_to_end(tiny_synthetic, tmp_path, loss):
+    """Each --loss trains on two CPU contexts, writes its head into config.json, lowers the
+    loss, verifies and exports (softmax used to fail at the first batch)."""
+    out_dir = str(tmp_path / loss)
+    out = run_train('--data-dir', tiny_synthetic, '--val-targets', SYNTHETIC_VAL, '--loss', loss,
+                    '--emb-size', '16', '--batch-size', '16', '--ctx', 'cpu:0,cpu:1',
+                    '--epochs', '3', '--lr', '0.05', '--momentum', '0.9', '--margin-s', '8',
+                    '--output', out_dir, '--no-progress', '--num-workers', '1', '--seed', '1')
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.load(open(os.path.join(out_dir, 'config.json')))
+    assert config['settings']['loss'] == loss
+    if loss == 'softmax':
+        assert config['resolved']['margin'] is None
+    else:
+        assert config['resolved']['margin'] == dict(gaf.MARGIN_PRESETS[loss], margin_s=8.0)
+    losses = [e['loss'] for e in json.load(open(os.path.join(out_dir, 'metrics.json')))['epochs']]
+    assert losses[-1] < losses[0], losses
+    assert os.path.getsize(os.path.join(out_dir, 'model', 'faceresnet18-0000.params')) > 0
+
+
+def test_softmax_head_model_parallel_resumes(tiny_synthetic, tmp_path):
+    out_dir = str(tmp_path / 'mp')
+    common = ['--data-dir', tiny_synthetic, '--val-targets', SYNTHETIC_VAL, '--loss', 'softmax',
+              '--emb-size', '16', '--batch-size', '16', '--ctx', 'cpu:0,cpu:1',
+              '--model-parallel', '--output', out_dir, '--no-progress', '--num-workers', '1',
+              '--seed', '1']
+    first = run_train(*common, '--epochs', '1')
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_train(*common, '--epochs', '2', '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'after epoch 1' in resumed.stdout
+    metrics = json.load(open(os.path.join(out_dir, 'metrics.json')))
+    assert [e['epoch'] for e in metrics['epochs']] == [1, 2]
+    # The checkpoint has the TrainBlock layout with a softmax head (weight and bias).
+    arrays = mx.npx.load(os.path.join(out_dir, 'checkpoints', 'epoch-0002.params'))
+    assert arrays['margin_block.fc7_weight'].shape == (12, 16)
+    assert arrays['margin_block.fc7_bias'].shape == (12,)

@@ -20,7 +20,7 @@ import mxnet as mx
 from mxnet import gluon
 
 import gluon_arcface as gaf
-from gluon_arcface import distributed
+from gluon_arcface import distributed, threads
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 90  # seconds for one cluster run; a run here takes 5-10 s
@@ -250,25 +250,36 @@ def live_processes_with(marker):
 
 def test_launch_script_runs_a_job(tmp_path):
     """scripts/launch.py -n 2 -s 1 --launcher local: both workers sum a value through the
-    server; exit status 0."""
+    server; exit status 0. The two workers share this machine's physical cores (OpenMP threads).
+    """
     script = tmp_path / 'sum.py'
     script.write_text(textwrap.dedent('''
-        import sys, mxnet as mx
+        import os, sys, mxnet as mx
         kv = mx.kv.create('dist_sync')
         value = mx.nd.array([kv.rank + 1.0])
         kv.init(0, mx.nd.zeros(1))
         kv.pushpull(0, value, out=value)
         with open(sys.argv[1] + '/rank%d' % kv.rank, 'w') as f:
-            f.write('%g of %d' % (value.asscalar(), kv.num_workers))
+            f.write('%g of %d, %s threads' % (value.asscalar(), kv.num_workers,
+                                              os.environ.get('OMP_NUM_THREADS')))
     '''))
+    env = {k: v for k, v in os.environ.items() if k not in threads.THREAD_ENV}
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, 'scripts', 'launch.py'), '-n', '2', '-s', '1',
          '--launcher', 'local', '--timeout', str(TIMEOUT), '--', sys.executable, str(script),
-         str(tmp_path)], env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True,
-        text=True, timeout=TIMEOUT + 30)
+         str(tmp_path)], env=env, capture_output=True, text=True, timeout=TIMEOUT + 30)
     assert out.returncode == 0, out.stderr
-    assert [(tmp_path / f).read_text() for f in ('rank0', 'rank1')] == ['3 of 2', '3 of 2']
+    shared = max(1, threads.physical_cores(quota=threads.cgroup_cpu_limit()) // 2)
+    assert [(tmp_path / f).read_text() for f in ('rank0', 'rank1')] == \
+        ['3 of 2, %d threads' % shared] * 2
     assert not live_processes_with(str(script))
+    # --threads sets them explicitly.
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'scripts', 'launch.py'), '-n', '2', '-s', '1',
+         '--threads', '3', '--timeout', str(TIMEOUT), '--', sys.executable, str(script),
+         str(tmp_path)], env=env, capture_output=True, text=True, timeout=TIMEOUT + 30)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / 'rank1').read_text() == '3 of 2, 3 threads'
 
 
 def test_launch_stops_the_job_when_a_worker_dies(tmp_path, capfd):
