@@ -28,7 +28,8 @@ _EXPORTS = {
                'ConfigError', 'TrainingDivergedError'],
     'recordio': ['RecordReader', 'RecordWriter', 'FaceRecWriter', 'build_index', 'scan_records',
                  'write_face_rec'],
-    'binfile': ['load_bin', 'read_bin', 'write_bin', 'decode_image'],
+    'binfile': ['load_bin', 'read_bin', 'write_bin'],
+    'images': ['decode_image', 'resize_face'],
     'datasets': ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
                  'FaceTrainTransform', 'FaceDataLoader', 'SkippedImage', 'load_data_face_rec',
                  'list_val_targets'],
@@ -51,9 +52,10 @@ _EXPORTS = {
     'threads': ['configure_threads', 'thread_info'],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-_MODULES = ('align', 'benchmark', 'binfile', 'checkpoint', 'datasets', 'distributed', 'errors',
-            'hub', 'inference', 'margin', 'model', 'parallel', 'plotting', 'prepare', 'recipe',
-            'recordio', 'synthetic', 'threads', 'training', 'verification')
+_MODULES = ('align', 'augment', 'benchmark', 'binfile', 'checkpoint', 'cli', 'config', 'datasets',
+            'distributed', 'errors', 'hub', 'images', 'inference', 'margin', 'model', 'parallel',
+            'plotting', 'prepare', 'recipe', 'recordio', 'schedules', 'synthetic', 'threads',
+            'training', 'verification')
 
 __all__ = sorted(_WHERE)
 

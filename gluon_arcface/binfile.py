@@ -13,20 +13,17 @@ import io
 import os
 import pickle
 import pickletools
-import struct
 import warnings
 
-import cv2
 import numpy as np
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import np as mnp
 
-from .errors import FaceDataError, ImageDecodeError, UnsafePickleError
+from .errors import FaceDataError, UnsafePickleError
+from .images import decode_image, resize_face
 
-__all__ = ['load_bin', 'read_bin', 'write_bin', 'decode_image', 'image_size_of',
-           'MAX_IMAGE_PIXELS']
+__all__ = ['load_bin', 'read_bin', 'write_bin']
 
-MAX_IMAGE_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192): larger declared sizes are refused
 _MAX_DIMS = 32  # numpy's limit on array dimensions
 
 
@@ -392,80 +389,13 @@ def read_bin(path):
     return images, issame
 
 
-def image_size_of(buf):
-    """``(height, width)`` a JPEG, PNG or BMP declares in its header, or None if not found.
-
-    Read from the header without decoding, so that a huge declared size can be refused before
-    a decoder allocates memory for it.
-    """
-    buf = bytes(buf[:1 << 16]) if len(buf) > 1 << 16 else bytes(buf)
-    if buf[:8] == b'\x89PNG\r\n\x1a\n' and len(buf) >= 24 and buf[12:16] == b'IHDR':
-        width, height = struct.unpack('>II', buf[16:24])
-        return height, width
-    if buf[:2] == b'BM' and len(buf) >= 26:
-        header = struct.unpack('<I', buf[14:18])[0]
-        if header == 12:
-            width, height = struct.unpack('<HH', buf[18:22])
-        else:
-            width, height = struct.unpack('<ii', buf[18:26])
-        return abs(height), abs(width)
-    if buf[:2] == b'\xff\xd8':
-        pos = 2
-        while pos + 4 <= len(buf):
-            if buf[pos] != 0xFF:
-                return None
-            marker = buf[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
-                pos += 2
-                continue
-            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-                return None
-            length = struct.unpack('>H', buf[pos + 2:pos + 4])[0]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
-                          0xCF):
-                if pos + 9 > len(buf):
-                    return None
-                height, width = struct.unpack('>HH', buf[pos + 5:pos + 9])
-                return height, width
-            pos += 2 + length
-    return None
-
-
-_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'BM')
-
-
-def decode_image(buf, path='<image>', record=None):
-    """Encoded JPEG/PNG bytes -> RGB uint8 numpy array (H, W, 3); ImageDecodeError if undecodable.
-
-    Face files are encoded from BGR with OpenCV; decoding with OpenCV and converting to RGB
-    gives the same pixels as ``mx.image.imdecode``.
-    """
-    head = bytes(buf[:8])
-    if not head.startswith(_SIGNATURES):
-        raise ImageDecodeError(path, 'image does not decode: %d bytes starting %r are not a JPEG, '
-                               'PNG or BMP' % (len(buf), head[:4]), record=record)
-    size = image_size_of(buf)
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(path, 'image declares %dx%d pixels (HxW), more than the %d a '
-                               'face image may have; the file is corrupt' % (*size,
-                                                                             MAX_IMAGE_PIXELS),
-                               record=record)
-    img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ImageDecodeError(path, 'image does not decode (%d bytes starting %r); expected a '
-                               'JPEG, PNG or BMP' % (len(buf), head[:4]), record=record)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def load_bin(path, image_size=(112, 112)):
     """Load a verification .bin -> ``(data_list, issame_list)``.
 
     ``data_list = [originals, flipped]``: each an ``mxnet.np`` float32 array (2N, 3, H, W) in
     [0, 1] (the scaling of the training transform), the second flipped left-right. Images of
-    another size are resized to ``image_size`` (H, W). ``issame_list``: bool numpy array (N,).
+    another size are resized to ``image_size`` (H, W) as the training images are
+    (``images.resize_face``). ``issame_list``: bool numpy array (N,).
     """
     path = os.fspath(path)
     images, issame = read_bin(path)
@@ -478,10 +408,7 @@ def load_bin(path, image_size=(112, 112)):
                             % (len(images), height, width, need / 2 ** 30, available / 2 ** 30))
     out = np.empty((len(images), 3, height, width), dtype=np.float32)
     for i, buf in enumerate(images):
-        img = decode_image(buf, path, i)
-        if img.shape[:2] != (height, width):
-            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-        out[i] = img.transpose(2, 0, 1)
+        out[i] = resize_face(decode_image(buf, path, i), (height, width)).transpose(2, 0, 1)
     out *= 1.0 / 255
     flipped = np.ascontiguousarray(out[:, :, :, ::-1])
     return [mnp.array(out), mnp.array(flipped)], issame

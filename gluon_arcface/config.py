@@ -16,7 +16,9 @@ import json
 import os
 import typing
 
+from .augment import AUGMENT_PRESET_NAMES
 from .errors import ConfigError
+from .schedules import LR_SCHEDULES
 from .threads import THREADS_DEFAULT, THREADS_HELP
 
 __all__ = ['TrainConfig', 'RECIPES', 'SYNTHETIC_VAL', 'LOSSES', 'build_parser',
@@ -50,6 +52,36 @@ def _int_list(text):
                                          % text) from None
 
 
+def _size(text):
+    """--image-size: S (square) or H,W."""
+    try:
+        values = tuple(int(t) for t in _comma_list(text))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 16 or any(v % 16 for v in values):
+        raise argparse.ArgumentTypeError('expected S or H,W with multiples of 16 (four stride-2 '
+                                         'stages), got %r' % text)
+    return values
+
+
+def _float_pair(text):
+    try:
+        values = tuple(float(t) for t in _comma_list(text))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError('expected LOW,HIGH, got %r' % text)
+    return values
+
+
+def _aug(help, pair=False):
+    """An augmentation knob: None means the --augment preset's value."""
+    return _setting(None, help, 'augmentation', parse=_float_pair if pair else None,
+                    metavar='LOW,HIGH' if pair else None, default_text='from --augment')
+
+
 def _scale(text):
     """--margin-s: a number, 'auto' (fixed AdaCos) or 'adacos' (dynamic AdaCos)."""
     if text in ('auto', 'adacos'):
@@ -59,6 +91,16 @@ def _scale(text):
     except ValueError:
         raise argparse.ArgumentTypeError("expected a number, 'auto' or 'adacos', got %r"
                                          % text) from None
+
+
+# Named sets of values. 'chapter' is the defaults; each other recipe lists only what it changes.
+RECIPES = {
+    'chapter': {},
+    # A few thousand photos of tens of people on a laptop (README: "Training on your own photos").
+    'small-data': dict(image_size=(64, 64), emb_size=128, batch_size=64, momentum=0.9,
+                       nesterov=True, lr_schedule='cosine', warmup_epochs=1.0, margin_s='auto',
+                       margin_warmup=2.0, augment='standard', epochs=20, verify_every=5),
+}
 
 
 @dataclasses.dataclass
@@ -81,6 +123,32 @@ class TrainConfig:
     skip_bad: bool = _setting(
         False, 'replace images that do not decode by the next good one and list them '
         '(train.log, metrics.json) instead of stopping', 'data')
+    image_size: typing.Optional[typing.Tuple[int, ...]] = _setting(
+        None, 'network input size: S or H,W; training and verification images are resized to '
+        'it', 'data', parse=_size, metavar='S|H,W', default_text="the data's size (property)")
+
+    # ---- augmentation
+    augment: str = _setting(
+        'flip', 'augmentation preset: none, flip (the chapter: random left-right flip) or '
+        'standard (flip, and with small probabilities rotation, in-place crop, low resolution, '
+        'colour jitter, greyscale); the --aug-* flags change single values', 'augmentation',
+        choices=tuple(AUGMENT_PRESET_NAMES))
+    aug_flip: typing.Optional[float] = _aug('probability of a left-right flip')
+    aug_rotate: typing.Optional[float] = _aug('probability of a rotation')
+    aug_rotate_deg: typing.Optional[float] = _aug('largest rotation (degrees)')
+    aug_crop: typing.Optional[float] = _aug('probability of an in-place random crop')
+    aug_crop_scale: typing.Optional[typing.Tuple[float, ...]] = _aug(
+        'range of the area fraction the crop keeps', pair=True)
+    aug_crop_ratio: typing.Optional[typing.Tuple[float, ...]] = _aug(
+        "range of the crop's aspect ratio", pair=True)
+    aug_lowres: typing.Optional[float] = _aug('probability of low resolution (down and up)')
+    aug_lowres_scale: typing.Optional[typing.Tuple[float, ...]] = _aug(
+        'range of the side fraction it goes down to', pair=True)
+    aug_color: typing.Optional[float] = _aug('probability of colour jitter')
+    aug_brightness: typing.Optional[float] = _aug('brightness jitter x: factor in [1-x, 1+x]')
+    aug_contrast: typing.Optional[float] = _aug('contrast jitter x')
+    aug_saturation: typing.Optional[float] = _aug('saturation jitter x')
+    aug_gray: typing.Optional[float] = _aug('probability of greyscale')
 
     # ---- model
     num_layers: int = _setting(18, 'FaceResNet depth', 'model', choices=(18, 34, 50, 100))
@@ -96,6 +164,15 @@ class TrainConfig:
         None, 'multiplicative angular margin a', 'model', default_text="the loss's preset")
     margin_b: typing.Optional[float] = _setting(
         None, 'additive cosine margin b', 'model', default_text="the loss's preset")
+    margin_warmup: float = _setting(
+        0.0, 'epochs over which the margin (m, b, a-1) ramps from none to its value, per step',
+        'model', metavar='E')
+    margin_hold: float = _setting(
+        0.0, 'epochs without margin (a normalised softmax) before the ramp', 'model',
+        metavar='E')
+    dropout: typing.Optional[float] = _setting(
+        None, 'dropout rate before the embedding layer', 'model',
+        default_text='0.4 with at most 20000 identities, else none (the chapter)')
 
     # ---- optimisation
     batch_size: int = _setting(
@@ -104,17 +181,35 @@ class TrainConfig:
     lr: float = _setting(0.1, 'SGD learning rate', 'optimisation')
     wd: float = _setting(5e-4, 'weight decay', 'optimisation')
     momentum: float = _setting(0.0, 'SGD momentum (the chapter uses none)', 'optimisation')
+    nesterov: bool = _setting(False, 'Nesterov momentum (MXNet\'s NAG optimizer)',
+                              'optimisation')
     epochs: int = _setting(5, 'training epochs', 'optimisation')
+    lr_schedule: str = _setting(
+        'step', 'step: x0.1 after each epoch of --lr-steps; cosine: half a cosine down to 0 at '
+        'the end', 'optimisation', choices=LR_SCHEDULES)
     lr_steps: typing.Tuple[int, ...] = _setting(
         (), 'comma-separated epochs after which the LR is multiplied by 0.1, e.g. "3,4"',
         'optimisation', parse=_int_list, metavar='E1,E2')
+    warmup_epochs: float = _setting(
+        0.0, 'epochs of linear learning-rate warm-up, per step', 'optimisation', metavar='E')
     seed: typing.Optional[int] = _setting(None, 'random seed', 'optimisation',
                                           default_text='not seeded')
+
+    # ---- fine-tuning
+    pretrained: typing.Optional[str] = _setting(
+        None, 'start the backbone from a run folder, a checkpoint (.params) or an exported model '
+        '(PREFIX or PREFIX-symbol.json); the head is new', 'fine-tuning', metavar='PATH',
+        default_text='random initialisation')
+    backbone_lr_mult: float = _setting(
+        1.0, "the backbone's learning rate as a multiple of --lr", 'fine-tuning', metavar='X')
+    freeze_epochs: float = _setting(
+        0.0, 'epochs during which only the head learns (the backbone stays as loaded)',
+        'fine-tuning', metavar='E')
 
     # ---- run
     recipe: str = _setting(
         'chapter', 'named set of values for the settings not given explicitly (see the '
-        'README table)', 'run', choices=('chapter',))
+        'README table)', 'run', choices=tuple(RECIPES))
     ctx: typing.Optional[str] = _setting(
         None, 'devices: cpu, cpu:0,cpu:1 or gpu:0,gpu:1', 'run',
         default_text='all GPUs, else the CPU')
@@ -146,6 +241,29 @@ class TrainConfig:
         for name in ('batch_size', 'epochs', 'emb_size', 'verify_every'):
             if getattr(self, name) < 1:
                 raise ConfigError('%s must be at least 1, got %r' % (name, getattr(self, name)))
+        for name in ('warmup_epochs', 'margin_warmup', 'margin_hold', 'freeze_epochs',
+                     'backbone_lr_mult', 'wd', 'momentum'):
+            if getattr(self, name) < 0:
+                raise ConfigError('%s must be >= 0, got %r' % (name, getattr(self, name)))
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError('dropout must be in [0, 1), got %r' % self.dropout)
+        if self.image_size is not None:
+            self.image_size = tuple(int(v) for v in self.image_size)
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), list):  # from config.json
+                setattr(self, f.name, tuple(getattr(self, f.name)))
+        self.augment_settings()  # checks the augmentation values
+
+    def augment_settings(self):
+        """The :class:`~gluon_arcface.augment.AugmentSettings` of ``--augment`` and the
+        ``--aug-*`` values given."""
+        from .augment import augment_settings
+        knobs = {f.name[len('aug_'):]: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name.startswith('aug_')}
+        try:
+            return augment_settings(self.augment, **knobs)
+        except ValueError as e:
+            raise ConfigError('augmentation: %s' % e) from None
 
     def to_dict(self):
         """The settings as JSON-ready values (tuples become lists)."""
@@ -160,12 +278,6 @@ class TrainConfig:
         if unknown:
             raise ConfigError('%s: unknown setting(s) %s' % (source, ', '.join(unknown)))
         return cls(**values)
-
-
-# Named sets of values. 'chapter' is the defaults; each other recipe lists only what it changes.
-RECIPES = {
-    'chapter': {},
-}
 
 
 def _fields():

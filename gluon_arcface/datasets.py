@@ -17,7 +17,9 @@ from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import gluon
 from mxnet import np as mnp
 
-from .binfile import decode_image, load_bin
+from .augment import AUGMENT_PRESETS, FaceAugment
+from .binfile import load_bin
+from .images import decode_image, resize_face
 from .errors import FaceDataError, ImageDecodeError
 from .recordio import RecordReader
 
@@ -328,14 +330,21 @@ class FaceRecordDataset(_FaceDataset):
 
 
 class FaceTrainTransform:
-    """The chapter's training augmentation: random left-right flip, then ToTensor.
+    """The training transform: resize (when ``image_size`` differs), augment, then ToTensor.
 
-    ``(HWC uint8 image) -> (3, H, W) float32 numpy array in [0, 1]``. Each worker thread or
-    process draws flips from its own generator.
+    ``(HWC uint8 image) -> (3, H, W) float32 numpy array in [0, 1]``. The augmentation is
+    ``augment`` (an :class:`~gluon_arcface.augment.AugmentSettings`), or the chapter's random
+    left-right flip when ``flip`` (the default); each worker thread or process draws from its own
+    generator, seeded from ``seed`` and the order in which the threads start.
     """
 
-    def __init__(self, flip=True, seed=None):
+    def __init__(self, flip=True, seed=None, augment=None, image_size=None):
         self.flip, self.seed = flip, seed
+        self.image_size = tuple(image_size) if image_size else None
+        if augment is None:
+            augment = AUGMENT_PRESETS['flip' if flip else 'none']
+        self.augment = augment
+        self._augment = FaceAugment(augment)
         self._local, self._lock, self._users = threading.local(), threading.Lock(), 0
 
     def _rng(self):
@@ -349,12 +358,15 @@ class FaceTrainTransform:
 
     def __call__(self, img):
         img = img.asnumpy() if hasattr(img, 'asnumpy') else np.asarray(img)
-        if self.flip and self._rng().random() < 0.5:
-            img = img[:, ::-1]
+        if self.image_size is not None:
+            img = resize_face(img, self.image_size)
+        if self.augment.active:
+            img = self._augment(img, self._rng())
         return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * (1.0 / 255)
 
     def __getstate__(self):
-        return {'flip': self.flip, 'seed': self.seed}
+        return {'flip': self.flip, 'seed': self.seed, 'augment': self.augment,
+                'image_size': self.image_size}
 
     def __setstate__(self, state):
         self.__init__(**state)
@@ -396,27 +408,30 @@ class FaceDataLoader(gluon.data.DataLoader):
 
 
 def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle=True,
-                       skip_bad=False, num_parts=1, part_index=0, thread_pool=True, seed=None):
+                       skip_bad=False, num_parts=1, part_index=0, thread_pool=True, seed=None,
+                       augment=None, image_size=None):
     """The chapter's loader -> ``(loader, val_set)``.
 
     Training images come from ``train.rec`` when it exists, else from the ``%08d`` folders;
-    each is flipped left-right at random and scaled to float32 [0, 1] (3, H, W). Batches are
-    shuffled and the last partial batch is dropped. ``val_set[target]`` is
-    ``load_bin(data_dir/<target>.bin)``. ``num_parts``/``part_index`` give a worker of a
-    distributed run its share of the images. Images are decoded by ``num_workers`` threads
-    (OpenCV releases the GIL) or processes (``thread_pool=False``).
+    each is flipped left-right at random (or augmented as ``augment``, an
+    :class:`~gluon_arcface.augment.AugmentSettings`, says) and scaled to float32 [0, 1]
+    (3, H, W). ``image_size`` (H, W) resizes the training and verification images (default: the
+    size ``property`` gives). Batches are shuffled and the last partial batch is dropped.
+    ``val_set[target]`` is ``load_bin(data_dir/<target>.bin)``. ``num_parts``/``part_index``
+    give a worker of a distributed run its share of the images. Images are decoded by
+    ``num_workers`` threads (OpenCV releases the GIL) or processes (``thread_pool=False``).
 
     Labels and image sizes are checked against ``property``; an image that does not decode
     raises ImageDecodeError, or with ``skip_bad=True`` is replaced by the next good one and
     listed in ``loader.skipped`` (a FaceDataLoader).
     """
-    image_size, num_classes = read_facerec_meta(data_dir)
+    image_size_prop, num_classes = read_facerec_meta(data_dir)
     rec_path = os.path.join(data_dir, 'train.rec')
     if os.path.isfile(rec_path):
-        dataset = FaceRecordDataset(rec_path, num_classes=num_classes, image_size=image_size,
+        dataset = FaceRecordDataset(rec_path, num_classes=num_classes, image_size=image_size_prop,
                                     skip_bad=skip_bad)
     else:
-        dataset = FaceFolderDataset(data_dir, num_classes=num_classes, image_size=image_size,
+        dataset = FaceFolderDataset(data_dir, num_classes=num_classes, image_size=image_size_prop,
                                     skip_bad=skip_bad)
     face_dataset = dataset
     if len(dataset) == 0:
@@ -433,13 +448,16 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
                             'batch is dropped, so nothing would be trained); use a smaller '
                             'batch size' % (len(dataset), ' for worker %d of %d' % (
                                 part_index, num_parts) if num_parts > 1 else '', batch_size))
+    input_size = tuple(image_size) if image_size else image_size_prop
     info = dict(source=face_dataset.source, images=len(dataset), num_classes=num_classes,
-                image_size=image_size)
+                image_size=input_size)
+    transform = FaceTrainTransform(seed=seed, augment=augment,
+                                   image_size=None if input_size == image_size_prop else input_size)
     loader = FaceDataLoader(
-        dataset.transform_first(FaceTrainTransform(seed=seed)), face_dataset, info,
+        dataset.transform_first(transform), face_dataset, info,
         batch_size=batch_size, shuffle=shuffle, last_batch='discard', num_workers=num_workers,
         thread_pool=thread_pool)
-    val_set = _load_val_set(data_dir, val_targets, image_size)
+    val_set = _load_val_set(data_dir, val_targets, input_size)
     return loader, val_set
 
 

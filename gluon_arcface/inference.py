@@ -8,14 +8,13 @@ verification protocols, so a threshold chosen by verification applies to ``compa
 import os
 import warnings
 
-import cv2
 import numpy as onp
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet import np as mnp
 
-from .binfile import decode_image
+from .images import decode_image, resize_face
 from .checkpoint import atomic_write
 from .errors import FaceDataError
 
@@ -39,8 +38,7 @@ def preprocess(img, image_size):
     img = onp.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError('expected an RGB image of shape (H, W, 3), got %s' % (img.shape,))
-    if img.shape[:2] != tuple(image_size):
-        img = cv2.resize(img, (image_size[1], image_size[0]), interpolation=cv2.INTER_LINEAR)
+    img = resize_face(img, tuple(image_size))
     return img.transpose(2, 0, 1).astype(onp.float32) / 255.0
 
 

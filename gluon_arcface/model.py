@@ -25,11 +25,13 @@ from .margin import ArcMarginBlock
 
 __all__ = ['BasicBlockV3', 'FaceResNet', 'get_faceresnet', 'faceresnet_spec',
            'TrainBlock', 'TestBlock', 'PReLU', 'bn_prelu_conv', 'inference_net',
-           'inference_nets', 'mkldnn_enabled', 'BN_EPS', 'STANDARDIZE_EPS', 'PRELU_INIT']
+           'inference_nets', 'mkldnn_enabled', 'dropout_rate', 'BN_EPS', 'STANDARDIZE_EPS',
+           'PRELU_INIT', 'CHAPTER_DROPOUT']
 
 BN_EPS = 2e-5
 STANDARDIZE_EPS = 2e-5
 PRELU_INIT = 0.25  # InsightFace's initial PReLU slope
+CHAPTER_DROPOUT = 0.4  # before the embedding layer, when use_dropout
 CHANNELS = (64, 128, 256, 512)
 UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 
@@ -195,9 +197,10 @@ class FaceResNet(nn.HybridBlock):
     """ResNet for aligned faces: (N, 3, H, W) float32 -> (N, emb_size) embeddings.
 
     ``units`` gives the residual units per stage (channels 64, 128, 256, 512); each stage halves
-    the resolution, so 112x112 inputs end at 7x7x512 before the embedding head. ``fast=False``
-    builds the plain blocks (``nn.PReLU``, NumPy ``+``): same function, same parameters, slower on
-    CPU.
+    the resolution, so 112x112 inputs end at 7x7x512 before the embedding head.
+    ``use_dropout``: True for the chapter's Dropout(0.4) before the embedding layer, a number for
+    another rate, False (or 0) for none. ``fast=False`` builds the plain blocks (``nn.PReLU``,
+    NumPy ``+``): same function, same parameters, slower on CPU.
     """
 
     def __init__(self, units, emb_size=256, use_dropout=False, fast=True, **kwargs):
@@ -219,12 +222,24 @@ class FaceResNet(nn.HybridBlock):
                 in_channels = channels
             self.output = nn.HybridSequential(prefix='')
             self.output.add(nn.BatchNorm(epsilon=BN_EPS, in_channels=in_channels))
-            if use_dropout:
-                self.output.add(nn.Dropout(0.4))
+            rate = dropout_rate(use_dropout)
+            if rate:
+                self.output.add(nn.Dropout(rate))
             self.output.add(nn.Flatten(), nn.Dense(emb_size))
 
     def hybrid_forward(self, F, x):
         return self.output(self.features(x))
+
+
+def dropout_rate(use_dropout):
+    """The Dropout rate of ``use_dropout``: True -> the chapter's 0.4, False -> 0, a number as
+    it is (in [0, 1))."""
+    if use_dropout is True:
+        return CHAPTER_DROPOUT
+    rate = float(use_dropout or 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError('dropout rate must be in [0, 1), got %r' % use_dropout)
+    return rate
 
 
 def get_faceresnet(num_layers, emb_size=256, use_dropout=False, do_init=True, fast=True,
@@ -347,7 +362,7 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True):
         with autograd.predict_mode():
             source(mnp.zeros((1,) + tuple(input_shape[1:]), ctx=ctx)).wait_to_read()
     units = tuple(len(stage) for stage in list(source.features)[3:])
-    use_dropout = any(isinstance(b, nn.Dropout) for b in source.output)
+    use_dropout = any(isinstance(b, nn.Dropout) for b in source.output)  # inert when predicting
     copy = FaceResNet(units, source.emb_size, use_dropout, fast=True)
     targets = copy._collect_params_with_prefix()
     for name, param in params.items():

@@ -307,14 +307,16 @@ class ModelParallelTrainer:
 
 
 def train_ch_facerec_parall(net, cls_nets, loader, num_epochs, ctx, lr=0.1, wd=5e-4,
-                            momentum=0.9, trainer=None, test_net=None, hybridize=True, **kwargs):
+                            momentum=0.9, trainer=None, test_net=None, hybridize=True,
+                            optimizer='sgd', **kwargs):
     """Train ``net`` (embeddings, data parallel over ``ctx``) with fc7 split into ``cls_nets``.
 
     The sibling chapter's call ``train_ch_facerec_parall(net, cls_nets, loader, num_epochs,
-    ctx)`` works as is: SGD (lr 0.1, momentum 0.9, wd 5e-4) unless ``trainer`` (e.g. a
-    ModelParallelTrainer) is given. Other keyword arguments are train_ch_facerec's (val_set,
-    lr_steps, checkpoint_dir, resume, ...); verification uses ``test_net`` or, for a FeatBlock,
-    ``make_test_net(net)``. Returns train_ch_facerec's history.
+    ctx)`` works as is: SGD (lr 0.1, momentum 0.9, wd 5e-4; ``optimizer`` names another MXNet
+    optimizer, e.g. 'nag') unless ``trainer`` (e.g. a ModelParallelTrainer) is given. Other
+    keyword arguments are train_ch_facerec's (val_set, lr_steps or schedule, checkpoint_dir,
+    resume, ...); verification uses ``test_net`` or, for a FeatBlock, ``make_test_net(net)``.
+    Returns train_ch_facerec's history.
     """
     ctx = as_ctx_list(ctx)
     model = ModelParallelNet(net, cls_nets)
@@ -322,10 +324,10 @@ def train_ch_facerec_parall(net, cls_nets, loader, num_epochs, ctx, lr=0.1, wd=5
         for block in [net] + model.cls_nets:
             block.hybridize(static_alloc=True, static_shape=True)
     if trainer is None:
-        optimizer = {'learning_rate': lr, 'wd': wd}
+        params = {'learning_rate': lr, 'wd': wd}
         if momentum:
-            optimizer['momentum'] = momentum
-        trainer = ModelParallelTrainer(model, 'sgd', optimizer)
+            params['momentum'] = momentum
+        trainer = ModelParallelTrainer(model, optimizer, params)
     if kwargs.get('val_set') and test_net is None:
         test_net = make_test_net(net)
     return train_ch_facerec(model, loader, None, trainer, num_epochs, ctx, test_net=test_net,

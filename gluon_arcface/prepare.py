@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .align import _image_size, align_face, check_landmarks
-from .binfile import decode_image, load_bin, write_bin
+from .binfile import load_bin, write_bin
+from .images import decode_image
 from .datasets import (IMAGE_EXTENSIONS, FaceFolderDataset, FaceRecordDataset, list_val_targets,
                        read_facerec_meta, write_property)
 from .errors import FaceDataError, ImageDecodeError

@@ -15,6 +15,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from . import checkpoint as ckpt
+from .augment import PROBABILITIES
 from .cli import log_to_file
 from .config import SYNTHETIC_VAL, TrainConfig
 from .datasets import load_data_face_rec, read_facerec_meta
@@ -22,9 +23,11 @@ from .distributed import WorkerGroup, create_kvstore, create_trainer
 from .errors import ConfigError, DownloadError
 from .hub import download_extract
 from .inference import export_embedding_net
-from .margin import MARGIN_PRESETS, SoftmaxBlock
-from .model import TrainBlock
+from .margin import MARGIN_PRESETS, SoftmaxBlock, adacos_fixed_scale
+from .model import CHAPTER_DROPOUT, TrainBlock
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
+from .pretrained import load_backbone
+from .schedules import TrainSchedule
 from .plotting import plot_history
 from .threads import decoding_workers, thread_info
 from .training import make_test_net, train_ch_facerec
@@ -48,21 +51,61 @@ def parse_ctx(spec=None):
     return out
 
 
-def margin_settings(loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None):
+def margin_settings(loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None,
+                    num_classes=None):
     """ArcMarginBlock keyword arguments: the preset of ``loss``, overridden by explicit values.
 
-    ``loss='softmax'`` returns None (a plain fully connected head).
+    ``margin_s``: a number; ``'auto'``: AdaCos's fixed scale sqrt(2) ln(C - 1) for
+    ``num_classes`` C; ``'adacos'``: dynamic AdaCos, starting from that value
+    (``adaptive_scale=True``). ``loss='softmax'`` returns None (a plain fully connected head).
     """
     if loss == 'softmax':
+        if margin_s == 'adacos':
+            raise ConfigError("--margin-s adacos sizes the scale of a margin head; the softmax "
+                              "head has none: use --loss arcface, cosface or sphereface")
         return None
     if loss not in MARGIN_PRESETS:
         raise ConfigError('unknown loss %r: expected one of %s or softmax'
-                         % (loss, ', '.join(sorted(MARGIN_PRESETS))))
-    out = dict(MARGIN_PRESETS[loss], margin_s=margin_s)
+                          % (loss, ', '.join(sorted(MARGIN_PRESETS))))
+    out = dict(MARGIN_PRESETS[loss])
+    if margin_s in ('auto', 'adacos'):
+        if num_classes is None:
+            raise ConfigError('margin_s=%r needs the number of classes' % margin_s)
+        out['margin_s'] = adacos_fixed_scale(num_classes)
+        if margin_s == 'adacos':
+            out['adaptive_scale'] = True
+    else:
+        out['margin_s'] = float(margin_s)
     for key, value in (('margin_m', margin_m), ('margin_a', margin_a), ('margin_b', margin_b)):
         if value is not None:
             out[key] = value
     return out
+
+
+def _describe_schedule(c):
+    lr = 'SGD%s lr %g%s, %s' % (
+        ' (Nesterov)' if c.nesterov else '', c.lr,
+        ' after %g warm-up epochs' % c.warmup_epochs if c.warmup_epochs else '',
+        'cosine decay' if c.lr_schedule == 'cosine'
+        else 'x0.1 after epochs %s' % ','.join(map(str, c.lr_steps)) if c.lr_steps
+        else 'constant')
+    parts = [lr, 'momentum %g, wd %g, batch %d, %d epochs' % (c.momentum, c.wd, c.batch_size,
+                                                               c.epochs)]
+    if c.margin_hold or c.margin_warmup:
+        parts.append('margin 0 for %g epochs, then up over %g' % (c.margin_hold,
+                                                                   c.margin_warmup))
+    if c.freeze_epochs or c.backbone_lr_mult != 1:
+        parts.append('backbone frozen %g epochs, then lr x%g' % (c.freeze_epochs,
+                                                                 c.backbone_lr_mult))
+    return '; '.join(parts)
+
+
+def _describe_augment(c, augment):
+    if not augment.active:
+        return 'none'
+    ops = ['%s %g' % (name, getattr(augment, name)) for name in PROBABILITIES
+           if getattr(augment, name)]
+    return '%s (%s)' % (c.augment, ', '.join(ops))
 
 
 def resolve_data_dir(dataset=None, data_dir=None):
@@ -125,54 +168,71 @@ def _train(c, ctx, kv, group, log):
         onp.random.seed(c.seed + rank)
         random.seed(c.seed + rank)
     data_dir = resolve_data_dir(c.dataset, c.data_dir)
-    image_size, num_classes = read_facerec_meta(data_dir)
+    data_size, num_classes = read_facerec_meta(data_dir)
+    image_size = tuple(c.image_size or data_size)
     num_workers = c.num_workers if c.num_workers is not None else decoding_workers(
         on_gpu=any(x.device_type == 'gpu' for x in ctx))
+    augment = c.augment_settings()
     loader, val_set = load_data_face_rec(
         data_dir, list(c.val_targets), c.batch_size // group.num_workers,
         num_workers=num_workers, num_parts=group.num_workers, part_index=rank, seed=c.seed,
-        skip_bad=c.skip_bad)
-    use_dropout = num_classes <= 20000  # as in the chapter
-    margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b)
+        skip_bad=c.skip_bad, augment=augment, image_size=image_size)
+    # The chapter: Dropout(0.4) when there are at most 20000 identities.
+    use_dropout = c.dropout if c.dropout is not None else (
+        CHAPTER_DROPOUT if num_classes <= 20000 else 0.0)
+    margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b,
+                             num_classes)
     system = thread_info(num_workers)
-    resolved = dict(data_dir=data_dir, image_size=list(image_size), num_classes=num_classes,
-                    images=loader.dataset_info['images'], use_dropout=use_dropout,
-                    margin=margin, ctx=[str(x) for x in ctx], workers=group.num_workers)
+    resolved = dict(data_dir=data_dir, data_size=list(data_size), image_size=list(image_size),
+                    num_classes=num_classes, images=loader.dataset_info['images'],
+                    dropout=use_dropout, margin=margin, augment=dataclasses.asdict(augment),
+                    ctx=[str(x) for x in ctx], workers=group.num_workers)
     if is_master:
         ckpt.write_json(os.path.join(c.output, 'config.json'),
                         dict(settings=c.to_dict(), resolved=resolved, system=system))
-    log('data: %s (%d images, %d identities, %dx%d); verification: %s'
-        % (data_dir, resolved['images'], num_classes, image_size[0], image_size[1],
+    log('data: %s (%d images, %d identities, %dx%d%s); verification: %s'
+        % (data_dir, resolved['images'], num_classes, data_size[0], data_size[1],
+           ', trained at %dx%d' % image_size if image_size != tuple(data_size) else '',
            ', '.join(c.val_targets) or 'none'))
-    log('model: FaceResNet-%d, %d-d embedding, %s head%s%s; devices: %s%s'
-        % (c.num_layers, c.emb_size, c.loss, ' %s' % margin if margin else '',
+    log('model: FaceResNet-%d, %d-d embedding, dropout %g, %s head%s%s; devices: %s%s'
+        % (c.num_layers, c.emb_size, use_dropout, c.loss, ' %s' % margin if margin else '',
            ' split over the devices' if c.model_parallel else '', ', '.join(resolved['ctx']),
            '; %d workers (%s), %d images per worker and step'
            % (group.num_workers, c.kvstore, c.batch_size // group.num_workers)
            if group.distributed else ''))
+    log('training: %s; augmentation: %s' % (_describe_schedule(c), _describe_augment(c, augment)))
     log('threads: %d compute (%s), %d decoding; CPU: %s (AVX512-BF16 %s, AMX %s)'
         % (system['compute_threads'], system['threads_from'], num_workers, system['cpu_model'],
            'yes' if system['avx512_bf16'] else 'no', 'yes' if system['amx'] else 'no'))
 
-    options = dict(val_set=val_set, verify_every=c.verify_every, lr_steps=c.lr_steps,
+    schedule = TrainSchedule(c.lr, c.epochs, c.lr_schedule, c.lr_steps,
+                             warmup_epochs=c.warmup_epochs, margin_warmup=c.margin_warmup,
+                             margin_hold=c.margin_hold, freeze_epochs=c.freeze_epochs,
+                             backbone_lr_mult=c.backbone_lr_mult)
+    options = dict(val_set=val_set, verify_every=c.verify_every, schedule=schedule,
                    checkpoint_dir=os.path.join(c.output, 'checkpoints'), resume=c.resume,
                    progress=c.progress and is_master, log=log, is_master=is_master,
                    animator=False)
+    optimizer = 'nag' if c.nesterov else 'sgd'
+    optimizer_params = {'learning_rate': c.lr, 'wd': c.wd}
+    if c.momentum:
+        optimizer_params['momentum'] = c.momentum
     if c.model_parallel:
         net = FeatBlock(c.num_layers, c.emb_size, use_dropout)
-        net.collect_params().reset_ctx(ctx)
         cls_nets = split_head(c.emb_size, num_classes, ctx, margin, softmax=margin is None)
-        history = train_ch_facerec_parall(net, cls_nets, loader, c.epochs, ctx, lr=c.lr,
-                                          wd=c.wd, momentum=c.momentum, **options)
     else:
         head = SoftmaxBlock(c.emb_size, num_classes) if margin is None else None
         net = TrainBlock(c.num_layers, c.emb_size, num_classes, use_dropout, margin=margin,
                          head=head)
-        net.collect_params().reset_ctx(ctx)
-        optimizer = {'learning_rate': c.lr, 'wd': c.wd}
-        if c.momentum:
-            optimizer['momentum'] = c.momentum
-        trainer = create_trainer(net.collect_params(), 'sgd', optimizer, kv)
+    net.collect_params().reset_ctx(ctx)
+    if c.pretrained and not (c.resume and ckpt.latest_checkpoint(options['checkpoint_dir'])):
+        log('backbone from %s' % load_backbone(net, c.pretrained))
+    if c.model_parallel:
+        history = train_ch_facerec_parall(net, cls_nets, loader, c.epochs, ctx, lr=c.lr,
+                                          wd=c.wd, momentum=c.momentum, optimizer=optimizer,
+                                          **options)
+    else:
+        trainer = create_trainer(net.collect_params(), optimizer, optimizer_params, kv)
         history = train_ch_facerec(net, loader, gluon.loss.SoftmaxCrossEntropyLoss(), trainer,
                                    c.epochs, ctx, **options)
     num_layers, loss, output, batch_size = c.num_layers, c.loss, c.output, c.batch_size

@@ -15,7 +15,8 @@ import mxnet as mx
 
 import gluon_arcface as gaf
 from gluon_arcface import recordio
-from gluon_arcface.binfile import decode_image, load_bin, read_bin, write_bin
+from gluon_arcface.binfile import load_bin, read_bin, write_bin
+from gluon_arcface.images import decode_image
 from gluon_arcface.datasets import FaceRecordDataset, read_facerec_meta, write_property
 from gluon_arcface.errors import FaceDataError, UnsafePickleError
 

@@ -16,7 +16,8 @@ import mxnet as mx
 from gluon_arcface import prepare
 from gluon_arcface.align import (ARCFACE_TEMPLATE, align_face, check_landmarks,
                                  estimate_similarity, reference_landmarks)
-from gluon_arcface.binfile import decode_image, load_bin, read_bin
+from gluon_arcface.binfile import load_bin, read_bin
+from gluon_arcface.images import decode_image
 from gluon_arcface.datasets import FaceFolderDataset, FaceRecordDataset, read_facerec_meta
 from gluon_arcface.errors import FaceDataError
 
