@@ -36,6 +36,7 @@ from .model import CHANNELS, BN_EPS, PRELU_INIT, STANDARDIZE_EPS, TestBlock, Tra
     faceresnet_spec, inference_net
 from .margin import COS_CLIP, NORM_EPS
 from .datasets import read_facerec_meta
+from .devices import as_contexts
 from .threads import thread_info
 
 __all__ = ['TRAIN_CASES', 'INFER_CASES', 'torch_available', 'interleaved', 'mx_train_case',
@@ -129,7 +130,7 @@ def mx_train_case(mode, num_layers=18, batch_size=32, image_size=112, num_classe
                   emb_size=256, ctx=None):
     """A training step of ``mode`` (see the module notes) -> ``step()`` (waits for the result)."""
     from . import training
-    ctx = training.as_ctx_list(ctx)
+    ctx = as_contexts(ctx)
     fast = mode == 'mx_default'
     net = TrainBlock(num_layers, emb_size, num_classes, num_classes <= 20000, fast=fast)
     net.collect_params().reset_ctx(ctx)
@@ -176,7 +177,7 @@ def mx_infer_case(mode, num_layers=18, batch_size=64, image_size=112, emb_size=2
                   net=None):
     """Embeddings of one batch in predict mode -> ``(step, net)``; ``step()`` returns them
     as numpy. ``net`` (a TestBlock) defaults to one with random parameters."""
-    ctx = ctx or mx.cpu()
+    ctx = as_contexts(ctx)[0]
     if net is None:
         net = _trained_test_net(num_layers, emb_size, image_size,
                                 mode in ('mx_default', 'mx_fast'), ctx)

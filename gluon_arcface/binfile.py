@@ -20,6 +20,7 @@ from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import np as mnp
 
 from .errors import FaceDataError, UnsafePickleError
+from .fileio import atomic_write
 from .images import decode_image, resize_face
 
 __all__ = ['load_bin', 'read_bin', 'write_bin']
@@ -436,12 +437,6 @@ def write_bin(path, images, issame, protocol=4):
     if len(images) != 2 * len(issame):
         raise ValueError('%d images for %d pairs: expected two images a pair'
                          % (len(images), len(issame)))
-    path = os.fspath(path)
-    tmp = path + '.tmp-%d' % os.getpid()
-    try:
+    with atomic_write(os.fspath(path)) as tmp:
         with open(tmp, 'wb') as f:
             pickle.dump((images, issame), f, protocol=protocol)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -6,49 +6,20 @@ A checkpoint folder holds ``epoch-0003.params`` / ``epoch-0003.states`` and ``ch
 flushed to disk and renamed, and ``checkpoint.json`` is replaced last: a crash or a full disk
 while saving leaves the previous checkpoint usable.
 """
-import contextlib
 import io
 import json
 import os
 import pickle
 import sys
-import tempfile
 
 from .errors import CheckpointError
+from .fileio import atomic_write, write_json
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'load_parameters', 'latest_checkpoint',
-           'save_best',
-           'atomic_write', 'write_json', 'check_states_file']
+           'save_best', 'check_states_file']
 
 STATE_FILE = 'checkpoint.json'
 BEST_FILE = 'best.json'
-
-
-@contextlib.contextmanager
-def atomic_write(path):
-    """Yield a temporary file name in ``path``'s folder; on success it replaces ``path``.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                               dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path, obj):
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_write(path) as tmp:
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=2)
 
 
 def _epoch_files(folder, epoch):

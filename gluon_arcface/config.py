@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import textwrap
 import typing
 
 from .augment import AUGMENT_PRESET_NAMES
@@ -226,8 +227,8 @@ class TrainConfig:
     resume: bool = _setting(
         False, 'continue from the latest checkpoint in OUTPUT/checkpoints, with the settings '
         'of OUTPUT/config.json (flags given now override them)', 'run')
-    progress: bool = _setting(True, 'progress bar', 'run')
-    export: bool = _setting(True, 'export the embedding network into OUTPUT/model', 'run')
+    progress: bool = _setting(True, 'the progress bar', 'run')
+    export: bool = _setting(True, 'the export of the embedding network into OUTPUT/model', 'run')
 
     def __post_init__(self):
         self.val_targets = tuple(self.val_targets)
@@ -305,14 +306,20 @@ def _help(field):
     return (text + ')').replace('%', '%%')
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines wrapped at spaces only: names such as faces-casia-ultrasmall stay whole."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(' '.join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser(description=None):
     """An argparse parser with one flag per TrainConfig field, grouped as the fields are.
 
     Flags not given are absent from the parsed namespace (``argparse.SUPPRESS``), so that
     :func:`config_from_args` can tell them from the defaults.
     """
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     groups = {}
     hints = typing.get_type_hints(TrainConfig)
     for field in _fields():
@@ -324,6 +331,7 @@ def build_parser(description=None):
         options = dict(dest=field.name, default=argparse.SUPPRESS, help=_help(field))
         if kind is bool:
             if field.default:
+                options['help'] = 'turn off ' + options['help']
                 group.add_argument('--no-' + field.name.replace('_', '-'), action='store_false',
                                    **options)
             else:

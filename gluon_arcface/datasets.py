@@ -21,6 +21,7 @@ from .augment import AUGMENT_PRESETS, FaceAugment
 from .binfile import load_bin
 from .images import decode_image, resize_face
 from .errors import FaceDataError, ImageDecodeError
+from .fileio import write_text
 from .recordio import RecordReader
 
 __all__ = ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
@@ -63,11 +64,7 @@ def write_property(data_dir, num_classes, image_size, num_images=None):
     text = '%d,%d,%d\n' % (num_classes, image_size[0], image_size[1])
     if num_images is not None:
         text += '%d\n' % num_images
-    path = os.path.join(data_dir, 'property')
-    tmp = path + '.tmp-%d' % os.getpid()
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(os.path.join(data_dir, 'property'), text)
 
 
 SkippedImage = collections.namedtuple('SkippedImage', ['path', 'record', 'reason'])

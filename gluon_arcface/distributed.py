@@ -32,7 +32,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon.parameter import DeferredInitializationError
 
-from .errors import CheckpointError, GluonArcFaceError
+from .errors import CheckpointError, DistributedError
 from .threads import cgroup_cpu_limit, physical_cores, user_threads
 
 __all__ = ['DistributedError', 'DIST_KVSTORES', 'LOCAL_KVSTORES', 'create_kvstore',
@@ -47,10 +47,6 @@ DMLC_ENV = ('DMLC_ROLE', 'DMLC_PS_ROOT_URI', 'DMLC_PS_ROOT_PORT', 'DMLC_NUM_SERV
 # kvstore keys of WorkerGroup's own exchanges; gluon.Trainer uses 0 .. (number of parameters - 1).
 KEY_BASE = 1 << 24
 _KEYS = weakref.WeakKeyDictionary()  # KVStore -> {exchange name: key}; a key is initialised once
-
-
-class DistributedError(GluonArcFaceError, RuntimeError):
-    """A distributed run is set up wrongly, or its workers disagree."""
 
 
 def create_kvstore(kvstore='device'):

@@ -6,7 +6,8 @@ Every error about a user's file names the file and, where it applies, the record
 
 __all__ = ['GluonArcFaceError', 'FaceDataError', 'ImageDecodeError', 'UnsafePickleError',
            'DownloadError', 'ConfigError',
-           'ChecksumError', 'UnsafeArchiveError', 'CheckpointError', 'TrainingDivergedError']
+           'ChecksumError', 'UnsafeArchiveError', 'CheckpointError', 'TrainingDivergedError',
+           'UnknownDatasetError', 'DistributedError']
 
 
 class GluonArcFaceError(Exception):
@@ -62,3 +63,14 @@ class CheckpointError(GluonArcFaceError):
 
 class TrainingDivergedError(GluonArcFaceError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class UnknownDatasetError(GluonArcFaceError, KeyError):
+    """The name is neither in ``DATA_HUB`` nor in ``GENERATED`` (the dataset hub)."""
+
+    def __str__(self):  # KeyError would show the repr of the message
+        return str(self.args[0]) if self.args else ''
+
+
+class DistributedError(GluonArcFaceError, RuntimeError):
+    """A distributed run is set up wrongly, or its workers disagree."""

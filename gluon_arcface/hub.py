@@ -25,8 +25,9 @@ import zlib
 import requests
 from tqdm import tqdm
 
-from .errors import (ChecksumError, DownloadError, FaceDataError, GluonArcFaceError,
+from .errors import (ChecksumError, DownloadError, FaceDataError, UnknownDatasetError,
                      UnsafeArchiveError)
+from .fileio import atomic_write, write_json
 
 __all__ = ['DATA_HUB', 'DATA_URL', 'GENERATED', 'UnknownDatasetError', 'download',
            'download_extract', 'get_data_home', 'safe_extract']
@@ -48,13 +49,6 @@ TIMEOUT = (10, 60)  # seconds: (connect, between two reads)
 CHUNK_SIZE = 1 << 20
 COMPLETE_MARKER = '.complete'  # written last inside a generated dataset folder
 _TAR_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz')
-
-
-class UnknownDatasetError(GluonArcFaceError, KeyError):
-    """The name is neither in ``DATA_HUB`` nor in ``GENERATED``."""
-
-    def __str__(self):  # KeyError would show the repr of the message
-        return str(self.args[0]) if self.args else ''
 
 
 def get_data_home():
@@ -122,17 +116,12 @@ def download(name, cache_dir=None):
             return fname
         os.remove(fname)  # stale or corrupt: the final name must only ever hold a verified file
     print(f'Downloading {fname} from {url}...', file=sys.stderr)
-    tmp = _temp_name(cache_dir, os.path.basename(fname), 'part')
-    try:
-        with open(tmp, 'xb') as f:
+    with atomic_write(fname) as tmp:  # the final name only ever holds a verified file
+        with open(tmp, 'wb') as f:
             actual = _fetch(name, url, f)
         if actual != sha1:
             raise ChecksumError(f'sha1 mismatch for {url}: expected {sha1}, got {actual}; '
                                 'the download was discarded.')
-        os.replace(tmp, fname)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return fname
 
 
@@ -279,10 +268,7 @@ def _extract_beside(archive_path, sha1):
             dst = os.path.join(base_dir, entry)
             _move_aside(dst)  # from an older, incomplete extraction, or the user's own
             os.replace(os.path.join(tmp, entry), dst)
-        marker_tmp = _temp_name(base_dir, os.path.basename(marker), 'part')
-        with open(marker_tmp, 'w', encoding='utf-8') as f:
-            json.dump({'archive': base, 'sha1': sha1, 'entries': entries}, f)
-        os.replace(marker_tmp, marker)
+        write_json(marker, {'archive': base, 'sha1': sha1, 'entries': entries})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

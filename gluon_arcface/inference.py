@@ -10,27 +10,26 @@ import warnings
 
 import numpy as onp
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
-import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet import np as mnp
 
 from .images import decode_image, resize_face
-from .checkpoint import atomic_write
+from .fileio import atomic_write
+from .devices import as_contexts
 from .errors import FaceDataError
+from .verification import compute_embeddings, l2_normalize
 
 __all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine_similarity',
            'compare_faces', 'export_embedding_net', 'load_embedding_net', 'FaceEmbedder']
 
 
 def get_embedding(img, net, ctx=None):
-    """The chapter's get_embedding: RGB uint8 (H, W, 3) -> raw embedding (1, emb_size).
-
-    ``ctx`` is a Context or a list (the first one is used); the result is not normalised.
-    """
-    ctx = ctx[0] if isinstance(ctx, (list, tuple)) else (ctx or mx.cpu())
-    img = mnp.array(img, ctx=ctx, dtype='uint8')
-    img = mnp.expand_dims(img.transpose(2, 0, 1), axis=0).astype('float32') / 255.0
-    return net(img)
+    """The chapter's get_embedding: RGB uint8 (H, W, 3) -> raw embedding (1, emb_size), an
+    ``mxnet.np`` float32 array on the first device of ``ctx``; not normalised."""
+    ctx = as_contexts(ctx, net)[0]
+    x = preprocess(img, img.shape[:2])[None]
+    emb = compute_embeddings([x], net, ctx, batch_size=1, fast=False)
+    return mnp.array(emb, dtype='float32', ctx=ctx)
 
 
 def preprocess(img, image_size):
@@ -42,26 +41,16 @@ def preprocess(img, image_size):
     return img.transpose(2, 0, 1).astype(onp.float32) / 255.0
 
 
-def _l2_normalize(x):
-    return x / onp.maximum(onp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def embed_images(images, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
     """Embed RGB uint8 images -> L2-normalised float32 (N, emb_size) numpy array.
 
-    With ``flip`` the embedding of each image's mirror image is added before normalising.
+    With ``flip`` the embedding of each image's mirror image is added before normalising, as
+    the verification protocols do, so their thresholds apply.
     """
-    ctx = ctx[0] if isinstance(ctx, (list, tuple)) else (ctx or mx.cpu())
     batch = onp.stack([preprocess(img, image_size) for img in images])
-    out = []
-    with autograd.predict_mode():
-        for i in range(0, len(batch), batch_size):
-            x = mnp.array(batch[i:i + batch_size], ctx=ctx)
-            emb = net(x).asnumpy()
-            if flip:
-                emb = emb + net(x[:, :, :, ::-1]).asnumpy()
-            out.append(emb)
-    return _l2_normalize(onp.concatenate(out).astype(onp.float32))
+    views = [batch, batch[:, :, :, ::-1]] if flip else [batch]
+    return compute_embeddings(views, net, as_contexts(ctx, net)[:1], batch_size, fast=False,
+                              normalize=True).astype(onp.float32)
 
 
 def embed_files(paths, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
@@ -79,7 +68,7 @@ def embed_files(paths, net, ctx=None, image_size=(112, 112), batch_size=64, flip
 def cosine_similarity(a, b):
     """Row-wise cosine similarity of two (N, D) arrays (or two (D,) vectors)."""
     a, b = onp.atleast_2d(a), onp.atleast_2d(b)
-    sim = onp.sum(_l2_normalize(a) * _l2_normalize(b), axis=1)
+    sim = onp.sum(l2_normalize(a) * l2_normalize(b), axis=1)
     return sim if len(sim) > 1 else float(sim[0])
 
 
@@ -124,7 +113,7 @@ def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0):
 
 def load_embedding_net(prefix, ctx=None, epoch=0):
     """Load an exported embedding network as a ``gluon.SymbolBlock``."""
-    ctx = ctx or mx.cpu()
+    ctx = as_contexts(ctx)[0]
     sym, params = prefix + '-symbol.json', prefix + '-%04d.params' % epoch
     for path in (sym, params):
         if not os.path.isfile(path):
@@ -143,7 +132,7 @@ class FaceEmbedder:
 
     def __init__(self, net, image_size=(112, 112), threshold=None, ctx=None):
         self.net, self.image_size, self.threshold = net, tuple(image_size), threshold
-        self.ctx = ctx or mx.cpu()
+        self.ctx = as_contexts(ctx, net)[0]
 
     @classmethod
     def load(cls, prefix, image_size=(112, 112), threshold=None, ctx=None, epoch=0):

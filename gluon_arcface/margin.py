@@ -24,7 +24,7 @@ from mxnet.gluon import nn
 
 __all__ = ['ArcMarginBlock', 'SoftmaxBlock', 'MARGIN_PRESETS', 'HEAD_STATE',
            'margin_target_logit', 'adacos_fixed_scale', 'adacos_scale', 'set_head_state',
-           'head_state', 'l2_normalize', 'NORM_EPS', 'COS_CLIP']
+           'head_state', 'NORM_EPS', 'COS_CLIP']
 
 # (margin_a, margin_m, margin_b) of each loss; s = 64 for all of them.
 MARGIN_PRESETS = {
@@ -45,7 +45,7 @@ def margin_target_logit(F, cos_t, margin_a, margin_m, margin_b):
     return F.np.cos(margin_a * theta + margin_m) - margin_b
 
 
-def l2_normalize(F, x):
+def _unit_rows(F, x):
     """Rows of ``x`` divided by their L2 norm (+NORM_EPS)."""
     return x / (F.np.sqrt(F.np.sum(x * x, axis=1, keepdims=True)) + NORM_EPS)
 
@@ -121,7 +121,7 @@ class ArcMarginBlock(nn.HybridBlock):
 
     def cosine(self, F, x, fc7_weight):
         """cos(theta) between embeddings and class centres: (N, num_classes)."""
-        return F.np.dot(l2_normalize(F, x), l2_normalize(F, fc7_weight).T)
+        return F.np.dot(_unit_rows(F, x), _unit_rows(F, fc7_weight).T)
 
     def hybrid_forward(self, F, x, y, fc7_weight, margin_scale, margin_ramp):
         cos_t = self.cosine(F, x, fc7_weight)

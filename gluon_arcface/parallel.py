@@ -31,7 +31,8 @@ from mxnet.gluon import nn
 from .checkpoint import check_states_file
 from .margin import HEAD_STATE, ArcMarginBlock, SoftmaxBlock, adacos_scale, set_head_state
 from .model import STANDARDIZE_EPS, get_faceresnet
-from .training import as_ctx_list, make_test_net, train_ch_facerec
+from .devices import as_contexts
+from .training import make_test_net, train_ch_facerec
 
 __all__ = ['FeatBlock', 'class_ranges', 'split_head', 'ModelParallelNet',
            'ModelParallelTrainer', 'train_ch_facerec_parall', 'gather_head', 'scatter_head',
@@ -86,7 +87,7 @@ def split_head(emb_size, num_classes, ctx, margin=None, softmax=False):
     ``MARGIN_PRESETS``), or SoftmaxBlock when ``softmax``; block i's parameters live on ctx[i]
     only.
     """
-    ctx = as_ctx_list(ctx)
+    ctx = as_contexts(ctx)
     blocks = []
     for (start, end), c in zip(class_ranges(num_classes, len(ctx)), ctx):
         block = SoftmaxBlock(emb_size, end - start) if softmax else \
@@ -167,7 +168,7 @@ class ModelParallelNet(gluon.Block):
         ``(loss, pred)`` on ctx[0]: the softmax cross-entropy of each sample (B,) float32 and
         the predicted class (B,) int64.
         """
-        ctx = as_ctx_list(ctx)
+        ctx = as_contexts(ctx, self.net)
         hub = ctx[0]
         xs = gluon.utils.split_and_load(X, ctx, batch_axis=0, even_split=False)
         with autograd.record():
@@ -318,7 +319,7 @@ def train_ch_facerec_parall(net, cls_nets, loader, num_epochs, ctx, lr=0.1, wd=5
     resume, ...); verification uses ``test_net`` or, for a FeatBlock, ``make_test_net(net)``.
     Returns train_ch_facerec's history.
     """
-    ctx = as_ctx_list(ctx)
+    ctx = as_contexts(ctx, net)
     model = ModelParallelNet(net, cls_nets)
     if hybridize:
         for block in [net] + model.cls_nets:

@@ -1,15 +1,15 @@
-"""Pictures people would rather look at than read: training curves and grids of faces.
+"""Pictures people would rather look at than read: training curves, ROC curves, face grids.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (pyplot's global backend is left
-alone) and written atomically as PNG. ROC curves live in ``verification.plot_roc``.
+alone) and written atomically as PNG: training curves, ROC curves, grids of faces.
 """
 import os
 
-import numpy as onp
+import numpy as np
 
-from .checkpoint import atomic_write
+from .fileio import atomic_write
 
-__all__ = ['plot_history', 'plot_face_grid', 'save_figure']
+__all__ = ['plot_history', 'plot_face_grid', 'plot_roc', 'save_figure']
 
 
 def _figure(figsize):
@@ -56,10 +56,10 @@ def plot_history(history, path, title=None):
 
 def plot_face_grid(images, path, labels=None, ncols=8, title=None):
     """A grid of RGB uint8 (H, W, 3) images, optionally captioned with ``labels``."""
-    images = [onp.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img) for img in images]
+    images = [np.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img) for img in images]
     nrows = max(1, -(-len(images) // ncols))
     fig = _figure((1.3 * ncols, 1.45 * nrows))
-    axes = onp.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for i, ax in enumerate(axes):
         ax.axis('off')
         if i < len(images):
@@ -68,4 +68,37 @@ def plot_face_grid(images, path, labels=None, ncols=8, title=None):
                 ax.set_title(str(labels[i]), fontsize=8)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_roc(results, path, title=None):
+    """Save the ROC curve (TPR against FPR, log scale) of each result as a PNG; returns ``path``.
+
+    ``results``: ``{name: VerificationResult}`` (or one result). Each curve marks its TAR at the
+    target FAR; the legend gives the 10-fold accuracy.
+    """
+    from .verification import named_results
+    results = named_results(results)
+    positive = [r.fpr[r.fpr > 0] for r in results.values()]
+    smallest = min([r.far_target / 10 for r in results.values()]
+                   + [p.min() for p in positive if p.size])
+    floor = 10.0 ** np.floor(np.log10(smallest))  # FPR 0 is drawn at the left edge
+
+    fig = _figure((6, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, r in results.items():
+        label = f'{name}: acc {100 * r.accuracy:.2f} ± {100 * r.std:.2f} %'
+        (line,) = ax.plot(np.maximum(r.fpr, floor), r.tpr, label=label)
+        ax.plot([r.far_target], [r.tar_at_far], 'o', color=line.get_color())
+    for target in sorted({r.far_target for r in results.values()}):
+        ax.axvline(target, color='gray', linestyle=':', linewidth=1)
+    ax.set_xscale('log')
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel('false positive rate')
+    ax.set_ylabel('true positive rate')
+    far_target = next(iter(results.values())).far_target
+    ax.set_title(title or f'ROC (10-fold; dots: TAR at FAR={far_target:g})')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(loc='lower right', fontsize='small')
     return save_figure(fig, path)

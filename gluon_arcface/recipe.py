@@ -19,6 +19,8 @@ from .augment import PROBABILITIES
 from .cli import log_to_file
 from .config import SYNTHETIC_VAL, TrainConfig
 from .datasets import load_data_face_rec, read_facerec_meta
+from .devices import as_contexts
+from .fileio import write_json
 from .distributed import WorkerGroup, create_kvstore, create_trainer
 from .errors import ConfigError, DownloadError
 from .hub import download_extract
@@ -28,27 +30,15 @@ from .model import CHAPTER_DROPOUT, TrainBlock
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
 from .pretrained import load_backbone
 from .schedules import TrainSchedule
-from .plotting import plot_history
+from .plotting import plot_history, plot_roc
 from .threads import decoding_workers, thread_info
 from .training import make_test_net, train_ch_facerec
-from .verification import format_table, plot_roc, verify
+from .verification import format_table, verify, verify_pixels
 
 __all__ = ['parse_ctx', 'margin_settings', 'resolve_data_dir', 'fit']
 
 
-def parse_ctx(spec=None):
-    """'cpu', 'cpu:0,cpu:1', 'gpu:0,gpu:1' or None (all GPUs, else the CPU) -> list of Contexts."""
-    if not spec:
-        n = mx.context.num_gpus()
-        return [mx.gpu(i) for i in range(n)] if n else [mx.cpu()]
-    out = []
-    for item in spec.split(','):
-        kind, _, index = item.strip().partition(':')
-        if kind not in ('cpu', 'gpu') or (index and not index.isdigit()):
-            raise ConfigError('bad context %r: expected cpu, cpu:N or gpu:N (comma separated)'
-                             % item)
-        out.append(getattr(mx, kind)(int(index or 0)))
-    return out
+parse_ctx = as_contexts  # the name scripts/train.py used before devices.py
 
 
 def margin_settings(loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None,
@@ -144,7 +134,7 @@ def fit(config=None, **settings):
 
 
 def _fit(c):
-    ctx = parse_ctx(c.ctx)
+    ctx = as_contexts(c.ctx)
     kv = create_kvstore(c.kvstore)
     group = WorkerGroup(kv)
     num_workers_kv, is_master = group.num_workers, group.is_master
@@ -188,7 +178,7 @@ def _train(c, ctx, kv, group, log):
                     dropout=use_dropout, margin=margin, augment=dataclasses.asdict(augment),
                     ctx=[str(x) for x in ctx], workers=group.num_workers)
     if is_master:
-        ckpt.write_json(os.path.join(c.output, 'config.json'),
+        write_json(os.path.join(c.output, 'config.json'),
                         dict(settings=c.to_dict(), resolved=resolved, system=system))
     log('data: %s (%d images, %d identities, %dx%d%s); verification: %s'
         % (data_dir, resolved['images'], num_classes, data_size[0], data_size[1],
@@ -245,30 +235,34 @@ def _train(c, ctx, kv, group, log):
     test_net = make_test_net(net)
     test_net.hybridize(static_alloc=True, static_shape=True)
     results = {}
+    pixels = {}
     for target, data_set in val_set.items():
         res = verify(data_set, test_net, ctx, batch_size=batch_size)
         results[target] = res
+        pixels[target + ' (raw pixels)'] = baseline = verify_pixels(data_set)
         metrics['verification'][target] = {
             'accuracy': res.accuracy, 'std': res.std, 'threshold': res.threshold,
             'cos_threshold': res.cos_threshold,
             'best_threshold_accuracy': res.best_threshold_accuracy,
             'best_threshold': res.best_threshold, 'xnorm': res.xnorm,
-            'tar_at_far_1e-3': res.tar_at_far, 'num_pairs': res.num_pairs}
+            'tar_at_far_1e-3': res.tar_at_far, 'num_pairs': res.num_pairs,
+            'raw_pixels_accuracy': baseline.accuracy,
+            'raw_pixels_tar_at_far_1e-3': baseline.tar_at_far}
     if results:
-        plot_roc(results, os.path.join(output, 'roc.png'),
+        plot_roc(dict(results, **pixels), os.path.join(output, 'roc.png'),
                  title='FaceResNet-%d, %s' % (num_layers, loss))
     metrics['skipped_images'] = [s._asdict() for s in getattr(loader, 'skipped', [])]
-    ckpt.write_json(os.path.join(output, 'metrics.json'), metrics)
+    write_json(os.path.join(output, 'metrics.json'), metrics)
     if c.export:
         prefix = os.path.join(output, 'model', 'faceresnet%d' % num_layers)
         export_embedding_net(make_test_net(net), prefix, image_size)
-        ckpt.write_json(os.path.join(output, 'model', 'model.json'), dict(
+        write_json(os.path.join(output, 'model', 'model.json'), dict(
             image_size=list(image_size), emb_size=emb_size, num_layers=num_layers,
             cos_threshold={t: r.cos_threshold for t, r in results.items()},
             input='RGB float32 (N, 3, H, W) in [0, 1]'))
         log('exported the embedding network to %s-symbol.json / -0000.params' % prefix)
     if results:
-        log('\n' + format_table(results))
+        log('\n' + format_table(dict(results, **pixels)))
     log('wrote %s' % ', '.join(os.path.join(output, f) for f in
                                ('metrics.json', 'curves.png', 'roc.png', 'train.log')))
     return metrics

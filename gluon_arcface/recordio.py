@@ -18,6 +18,7 @@ import struct
 import numpy as np
 
 from .errors import FaceDataError
+from .fileio import commit, discard, temporary_path, write_text
 
 __all__ = ['RECORD_MAGIC', 'IRHeader', 'pack_record', 'unpack_record', 'read_index',
            'RecordReader', 'RecordWriter', 'FaceRecWriter', 'scan_records', 'build_index',
@@ -295,19 +296,8 @@ def build_index(rec_path, idx_path=None):
     idx_path = idx_path or os.path.splitext(rec_path)[0] + '.idx'
     lines = ['%d\t%d\n' % (key, offset)
              for key, (offset, _) in enumerate(scan_records(rec_path))]
-    _atomic_write_text(idx_path, ''.join(lines))
+    write_text(idx_path, ''.join(lines))
     return len(lines)
-
-
-def _atomic_write_text(path, text):
-    tmp = path + '.tmp-%d' % os.getpid()
-    try:
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class _CommitOnSuccess:
@@ -334,8 +324,8 @@ class RecordWriter(_CommitOnSuccess):
         self.rec_path = os.fspath(rec_path)
         self.idx_path = (os.fspath(idx_path) if idx_path
                          else os.path.splitext(self.rec_path)[0] + '.idx')
-        suffix = '.tmp-%d' % os.getpid()
-        self._tmp_rec, self._tmp_idx = self.rec_path + suffix, self.idx_path + suffix
+        self._tmp_rec = temporary_path(self.rec_path)
+        self._tmp_idx = temporary_path(self.idx_path)
         self._rec = open(self._tmp_rec, 'wb')
         self._idx = open(self._tmp_idx, 'w')
         self._offset = 0
@@ -385,11 +375,9 @@ class RecordWriter(_CommitOnSuccess):
         if self._rec is None:
             return
         for f in (self._rec, self._idx):
-            f.flush()
-            os.fsync(f.fileno())
             f.close()
-        os.replace(self._tmp_rec, self.rec_path)
-        os.replace(self._tmp_idx, self.idx_path)
+        commit(self._tmp_rec, self.rec_path)
+        commit(self._tmp_idx, self.idx_path)
         self._rec = self._idx = None
 
     def abort(self):
@@ -398,8 +386,7 @@ class RecordWriter(_CommitOnSuccess):
             return
         for f, tmp in ((self._rec, self._tmp_rec), (self._idx, self._tmp_idx)):
             f.close()
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            discard(tmp)
         self._rec = self._idx = None
 
 

@@ -733,14 +733,17 @@ SYNTHETIC_VAL = 'synthetic_val'  # name of the verification set (synthetic_val.b
 
 
 def make_faces_synthetic(root, num_identities=None, images_per_identity=None, num_heldout=None,
-                         num_pairs=None, image_size=None, seed=None, jpeg_quality=95):
+                         num_pairs=None, image_size=None, seed=None, jpeg_quality=95,
+                         nuisance=1.0):
     """Write the ``faces-synthetic`` dataset into the existing folder ``root``.
 
     The standard layout of the d2l face datasets: ``%08d`` identity folders of JPEGs, the same
     images as ``train.rec`` + ``train.idx`` (InsightFace layout with header record),
     ``property`` and ``synthetic_val.bin`` (pairs of identities held out of training).
-    Arguments default to ``SYNTHETIC_DEFAULTS``. Used by ``download_extract('faces-synthetic')``,
-    which writes into a temporary folder and renames it when complete.
+    Arguments default to ``SYNTHETIC_DEFAULTS``; ``nuisance`` scales every nuisance (pose,
+    light, expression, occlusion, blur, noise; see :func:`render_face`), e.g. 2.5 for a set
+    much harder than the default. Used by ``download_extract('faces-synthetic')``, which writes
+    into a temporary folder and renames it when complete.
     """
     from .binfile import write_bin
     from .datasets import write_property
@@ -752,7 +755,8 @@ def make_faces_synthetic(root, num_identities=None, images_per_identity=None, nu
     num_heldout, num_pairs = num_heldout or d['num_heldout'], num_pairs or d['num_pairs']
     image_size = image_size or d['image_size']
     seed = d['seed'] if seed is None else seed
-    images, labels = generate_faces(num_identities, images_per_identity, image_size, seed)
+    images, labels = generate_faces(num_identities, images_per_identity, image_size, seed,
+                                    nuisance=nuisance)
     with FaceRecWriter(os.path.join(root, 'train.rec')) as rec:
         for i, (img, label) in enumerate(zip(images, labels)):
             buf = _encode_jpeg(img, jpeg_quality)
@@ -763,7 +767,7 @@ def make_faces_synthetic(root, num_identities=None, images_per_identity=None, nu
                 f.write(buf)
     write_property(root, num_identities, (image_size, image_size), len(images))
     pair_images, issame = generate_pairs(num_pairs, num_heldout, image_size, seed,
-                                         first_identity=num_identities)
+                                         first_identity=num_identities, nuisance=nuisance)
     write_bin(os.path.join(root, SYNTHETIC_VAL + '.bin'),
               [_encode_jpeg(img, jpeg_quality) for img in pair_images], issame)
     return root

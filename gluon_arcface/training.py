@@ -17,19 +17,13 @@ from mxnet import autograd, gluon
 
 from . import checkpoint as ckpt
 from .distributed import WorkerGroup
+from .devices import as_contexts
 from .errors import CheckpointError, TrainingDivergedError
 from .margin import head_state
 from .schedules import TrainSchedule
 
 __all__ = ['train_ch_facerec', 'lr_at_epoch', 'forward_backward', 'data_parallel_step',
-           'make_test_net', 'as_ctx_list', 'sync_aux_states']
-
-
-def as_ctx_list(ctx):
-    """A Context, a list of them, or None (CPU) -> list of Contexts."""
-    if ctx is None:
-        return [mx.cpu()]
-    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+           'make_test_net', 'sync_aux_states']
 
 
 def lr_at_epoch(base_lr, epoch, lr_steps=(), factor=0.1):
@@ -166,7 +160,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     Returns the history: ``{'epochs': [{'epoch', 'loss', 'train_acc', 'samples_per_sec',
     'seconds', 'lr', 'verification'?}, ...]}``.
     """
-    ctx = as_ctx_list(ctx)
+    ctx = as_contexts(ctx, net)
     # Distributed runs (dist_* kvstores): rank, shared start and checkpoint state.
     group = WorkerGroup.of(trainer)
     group.check_lr_steps(lr_steps)

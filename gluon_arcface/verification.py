@@ -11,18 +11,18 @@ booleans. Both protocols score the L2-normalised sum of the embeddings of all th
   at FAR=1e-3 and the ROC averaged over the folds.
 """
 import dataclasses
-import os
-import tempfile
 
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
-import mxnet as mx
 import numpy as onp
 from mxnet import autograd, gluon
 
+from .devices import as_contexts
+
 __all__ = ['FACE_11_THRESHOLDS', 'ROC_THRESHOLDS', 'VAL_THRESHOLDS', 'VerificationResult',
            'best_threshold_accuracy', 'compute_embeddings', 'evaluate_embeddings', 'face_11',
-           'format_table', 'kfold_roc', 'kfold_splits', 'kfold_val', 'plot_roc', 'test_face_11',
-           'threshold_at_far', 'verify']
+           'format_table', 'kfold_roc', 'kfold_splits', 'kfold_val', 'l2_normalize',
+           'named_results',           'test_face_11',
+           'threshold_at_far', 'verify', 'verify_pixels']
 
 FACE_11_THRESHOLDS = onp.arange(0, 1, 0.0025)  # cosine similarity (chapter)
 ROC_THRESHOLDS = onp.arange(0, 4, 0.01)        # squared distance (10-fold accuracy)
@@ -71,12 +71,6 @@ class VerificationResult:
 
 # ----------------------------------------------------------------------------- embeddings
 
-def _ctx_list(ctx):
-    if ctx is None:
-        return [mx.current_context()]
-    return [ctx] if isinstance(ctx, mx.Context) else list(ctx)
-
-
 def _views(data_list):
     """The list of views, each 4-D with the same shape."""
     if hasattr(data_list, 'shape'):
@@ -98,8 +92,11 @@ def _host(array):
     return array.asnumpy() if hasattr(array, 'asnumpy') else onp.asarray(array)
 
 
-def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True):
-    """Sum of the embeddings of every view: (2N, D) float64 numpy, not normalised.
+def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, normalize=False):
+    """The embeddings of a set of images: the sum over the views, (N, D) float64 numpy.
+
+    The one embedding path of the package: verification, ``test_face_11``, ``get_embedding``,
+    ``embed_images`` and ``FaceEmbedder`` all call it.
 
     ``data_list``: views (e.g. ``[originals, flipped]``), each (2N, 3, H, W) numpy or mxnet
     array in [0, 1], fed to ``net`` as float32. Every batch is zero-padded to the same size (so a
@@ -107,11 +104,13 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True):
     ``gluon.utils.split_and_load`` (the last device takes the remainder when ``batch_size`` is not
     a multiple of the device count); the padding rows are dropped. Runs in predict mode. With
     ``fast`` a FaceResNet-based ``net`` runs as ``model.inference_net`` copies (oneDNN graph
-    fusion on CPU; same embeddings within float tolerance), made afresh for this call.
+    fusion on CPU; same embeddings within float tolerance), made afresh for this call (about a
+    second for FaceResNet-18: worth it for a verification set, not for a few photos).
+    ``normalize``: divide each row by its L2 norm (as every comparison of faces does).
     """
     from .model import inference_nets
     data_list = _views(data_list)
-    ctx = _ctx_list(ctx)
+    ctx = as_contexts(ctx, net)
     nets = (inference_nets(net, ctx, data_list[0].shape) if fast else [net] * len(ctx))
     if batch_size < 1:
         raise ValueError(f'batch_size must be positive, got {batch_size!r}')
@@ -132,7 +131,7 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True):
                 if embeddings is None:
                     embeddings = onp.zeros((n, out.shape[1]))
                 embeddings[start:start + count] += out[:count]
-    return embeddings
+    return l2_normalize(embeddings) if normalize else embeddings
 
 
 # ----------------------------------------------------------------------------- numpy core
@@ -165,10 +164,11 @@ def _check_embeddings(embeddings, issame):
     return emb, issame
 
 
-def _l2_normalize(emb):
-    """(rows / their L2 norm, the norms (2N,)); zero rows stay zero."""
+def l2_normalize(emb):
+    """(N, D) rows divided by their L2 norm (numpy, any float dtype); zero rows stay zero."""
+    emb = onp.asarray(emb)
     norms = onp.sqrt(onp.sum(emb * emb, axis=1, keepdims=True))
-    return emb / onp.where(norms > 0, norms, 1.0), norms[:, 0]
+    return emb / onp.where(norms > 0, norms, 1)
 
 
 def _confusion(dist, issame, thresholds):
@@ -214,7 +214,7 @@ def face_11(embeddings, issame):
     threshold on these same pairs.
     """
     emb, issame = _check_embeddings(embeddings, issame)
-    normed, norms = _l2_normalize(emb)
+    normed, norms = l2_normalize(emb), onp.sqrt(onp.sum(emb * emb, axis=1))
     sim = onp.sum(normed[0::2] * normed[1::2], 1)
     acc, thresh = best_threshold_accuracy(sim, issame)
     return float(onp.mean(norms)), acc, thresh
@@ -314,7 +314,7 @@ def evaluate_embeddings(embeddings, issame, nrof_folds=10, far_target=1e-3):
     distances, the chapter's (``best_threshold_*``) cosine similarities.
     """
     emb, issame = _check_embeddings(embeddings, issame)
-    normed, norms = _l2_normalize(emb)
+    normed, norms = l2_normalize(emb), onp.sqrt(onp.sum(emb * emb, axis=1))
     e1, e2 = normed[0::2], normed[1::2]
     dist = onp.sum(onp.square(e1 - e2), 1)
     tpr, fpr, accs, thrs = kfold_roc(dist, issame, nrof_folds)
@@ -358,6 +358,16 @@ def test_face_11(data_set, net, ctx=None, batch_size=512):
 test_face_11.__test__ = False  # not a pytest test
 
 
+def verify_pixels(data_set, nrof_folds=10, far_target=1e-3):
+    """The raw-pixel baseline a face model must beat: ``verify`` with the flattened pixels of
+    all views, summed, as the embeddings (cosine similarity of the images and their mirrors).
+    """
+    data_list, issame = _unpack(data_set)
+    emb = sum(_host(view).reshape(view.shape[0], -1).astype(onp.float64) for view in data_list)
+    return evaluate_embeddings(emb / len(data_list), issame,
+                               max(2, min(nrof_folds, len(issame))), far_target)
+
+
 def verify(data_set, net, ctx=None, batch_size=512, nrof_folds=10, far_target=1e-3):
     """Run ``net`` once over ``data_set = (data_list, issame)`` and score both protocols.
 
@@ -372,63 +382,13 @@ def verify(data_set, net, ctx=None, batch_size=512, nrof_folds=10, far_target=1e
 
 # ----------------------------------------------------------------------------- reporting
 
-def _named(results):
+def named_results(results):
     if isinstance(results, VerificationResult):
         return {'model': results}
     results = dict(results)
     if not results:
         raise ValueError('no results given')
     return results
-
-
-def plot_roc(results, path, title=None):
-    """Save the ROC curve (TPR against FPR, log scale) of each result as a PNG; returns ``path``.
-
-    ``results``: ``{name: VerificationResult}`` (or one result). Each curve marks its TAR at the
-    target FAR; the legend gives the 10-fold accuracy. Uses matplotlib's Agg canvas directly
-    (pyplot's backend is left alone) and writes the file atomically.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    results = _named(results)
-    positive = [r.fpr[r.fpr > 0] for r in results.values()]
-    smallest = min([r.far_target / 10 for r in results.values()]
-                   + [p.min() for p in positive if p.size])
-    floor = 10.0 ** onp.floor(onp.log10(smallest))  # FPR 0 is drawn at the left edge
-
-    fig = Figure(figsize=(6, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, r in results.items():
-        label = f'{name}: acc {100 * r.accuracy:.2f} ± {100 * r.std:.2f} %'
-        (line,) = ax.plot(onp.maximum(r.fpr, floor), r.tpr, label=label)
-        ax.plot([r.far_target], [r.tar_at_far], 'o', color=line.get_color())
-    for target in sorted({r.far_target for r in results.values()}):
-        ax.axvline(target, color='gray', linestyle=':', linewidth=1)
-    ax.set_xscale('log')
-    ax.set_xlim(floor, 1.0)
-    ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel('false positive rate')
-    ax.set_ylabel('true positive rate')
-    far_target = next(iter(results.values())).far_target
-    ax.set_title(title or f'ROC (10-fold; dots: TAR at FAR={far_target:g})')
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(loc='lower right', fontsize='small')
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.roc-', suffix='.png', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            fig.savefig(f, format='png')
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def format_table(results, style='markdown'):
@@ -439,7 +399,7 @@ def format_table(results, style='markdown'):
     """
     if style not in ('markdown', 'text'):
         raise ValueError(f"style must be 'markdown' or 'text', got {style!r}")
-    results = _named(results)
+    results = named_results(results)
     targets = {r.far_target for r in results.values()}
     tar_head = f'TAR@FAR={targets.pop():g} (%)' if len(targets) == 1 else 'TAR@FAR (%)'
     head = ['target', '10-fold acc (%)', 'best-thr acc (%)', tar_head, 'XNorm',

@@ -9,6 +9,7 @@ from mxnet.gluon import nn
 from scipy.interpolate import BSpline, interp1d
 
 import gluon_arcface.verification as ver
+from gluon_arcface.plotting import plot_roc
 
 CTX = [mx.cpu(0), mx.cpu(1)]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -363,11 +364,11 @@ def test_plot_roc_writes_a_png(tmp_path):
     backend = matplotlib.get_backend()
     results = reports()
     path = tmp_path / 'plots' / 'roc.png'
-    assert ver.plot_roc(results, str(path), title='ROC') == str(path)
+    assert plot_roc(results, str(path), title="ROC") == str(path)
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 5000
     assert os.listdir(path.parent) == ['roc.png']  # no temporary file left
-    ver.plot_roc(results['lfw'], str(path))          # one result, overwritten in place
+    plot_roc(results["lfw"], str(path))          # one result, overwritten in place
     assert path.read_bytes().startswith(PNG_SIGNATURE)
     assert matplotlib.get_backend() == backend
 
