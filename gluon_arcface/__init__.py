@@ -41,8 +41,8 @@ _EXPORTS = {
     'checkpoint': ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint'],
     'training': ['train_ch_facerec', 'lr_at_epoch', 'make_test_net', 'sync_aux_states',
                  'data_parallel_step'],
-    'distributed': ['create_kvstore', 'create_trainer', 'WorkerGroup', 'launch',
-                    'DIST_KVSTORES'],
+    'distributed': ['create_kvstore', 'create_trainer', 'WorkerGroup', 'DIST_KVSTORES'],
+    'launcher': ['launch'],
     'parallel': ['FeatBlock', 'split_head', 'class_ranges', 'ModelParallelNet',
                  'ModelParallelTrainer', 'train_ch_facerec_parall', 'gather_head',
                  'scatter_head'],
@@ -53,9 +53,9 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _MODULES = ('align', 'augment', 'benchmark', 'binfile', 'checkpoint', 'cli', 'config', 'datasets',
-            'distributed', 'errors', 'hub', 'images', 'inference', 'margin', 'model', 'parallel',
-            'plotting', 'prepare', 'recipe', 'recordio', 'schedules', 'synthetic', 'threads',
-            'training', 'verification')
+            'devices', 'distributed', 'errors', 'fileio', 'hub', 'images', 'inference',
+            'launcher', 'margin', 'model', 'parallel', 'plotting', 'prepare', 'pretrained',
+            'recipe', 'recordio', 'schedules', 'synthetic', 'threads', 'training', 'verification')
 
 __all__ = sorted(_WHERE)
 

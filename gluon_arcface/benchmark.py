@@ -26,7 +26,7 @@ import statistics
 import tempfile
 import time
 
-import numpy as onp
+import numpy as np
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
 from mxnet import autograd, gluon
@@ -120,7 +120,7 @@ def _median_ratio(rates, num, den):
 # ---------------------------------------------------------------------------- MXNet cases
 
 def _batch(batch_size, image_size, num_classes, seed=0):
-    rng = onp.random.RandomState(seed)
+    rng = np.random.RandomState(seed)
     X = rng.uniform(size=(batch_size, 3, image_size, image_size)).astype('float32')
     y = rng.randint(0, num_classes, size=batch_size).astype('float32')
     return X, y
@@ -160,7 +160,7 @@ def _trained_test_net(num_layers, emb_size, image_size, fast, ctx, seed=0):
     X, y = _batch(4, image_size, 10, seed)
     with autograd.record():
         train(mnp.array(X, ctx=ctx), mnp.array(y, ctx=ctx))
-    rng = onp.random.RandomState(seed)
+    rng = np.random.RandomState(seed)
     for name, param in train.collect_params().items():
         value = param.data().asnumpy()
         if name.endswith('alpha'):
@@ -317,7 +317,7 @@ def _face_like(rng, image_size):
         color = [float(v) for v in rng.uniform(0, 255, size=3)]
         cv2.ellipse(img, center, axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
     img = cv2.GaussianBlur(img, (5, 5), 1.5) + rng.normal(0, 4, size=img.shape)
-    return onp.clip(img, 0, 255).astype('uint8')
+    return np.clip(img, 0, 255).astype('uint8')
 
 
 def make_rec_dataset(folder, num_images=2048, image_size=112, num_classes=64, quality=95,
@@ -328,7 +328,7 @@ def make_rec_dataset(folder, num_images=2048, image_size=112, num_classes=64, qu
     from .datasets import write_property
     from .recordio import write_face_rec
     os.makedirs(folder, exist_ok=True)
-    rng = onp.random.RandomState(seed)
+    rng = np.random.RandomState(seed)
     labels = sorted(int(v) for v in rng.randint(0, num_classes, size=num_images))
 
     def samples():

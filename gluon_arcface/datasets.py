@@ -389,14 +389,15 @@ def _load_val_set(data_dir, val_targets, image_size):
 class FaceDataLoader(gluon.data.DataLoader):
     """The loader ``load_data_face_rec`` returns: a gluon DataLoader that also tells what it reads.
 
-    ``dataset_info``: dict(source, images, num_classes, image_size); ``face_dataset``: the
-    FaceRecordDataset / FaceFolderDataset behind it; ``skipped``: the images left out so far by
-    ``skip_bad=True`` (also those skipped in worker processes), a list of
-    ``SkippedImage(path, record, reason)``.
+    ``dataset_info``: dict(source, images, num_classes, image_size, batch_size, num_workers);
+    ``face_dataset``: the FaceRecordDataset / FaceFolderDataset behind it; ``transform``: the
+    FaceTrainTransform applied to each image (its ``augment`` settings, ``image_size``, ``seed``);
+    ``skipped``: the images left out so far by ``skip_bad=True`` (also those skipped in worker
+    processes), a list of ``SkippedImage(path, record, reason)``.
     """
 
-    def __init__(self, dataset, face_dataset, dataset_info, **kwargs):
-        self.face_dataset, self.dataset_info = face_dataset, dataset_info
+    def __init__(self, dataset, face_dataset, dataset_info, transform=None, **kwargs):
+        self.face_dataset, self.dataset_info, self.transform = face_dataset, dataset_info, transform
         super().__init__(dataset, **kwargs)
 
     @property
@@ -447,11 +448,11 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
                                 part_index, num_parts) if num_parts > 1 else '', batch_size))
     input_size = tuple(image_size) if image_size else image_size_prop
     info = dict(source=face_dataset.source, images=len(dataset), num_classes=num_classes,
-                image_size=input_size)
+                image_size=input_size, batch_size=batch_size, num_workers=num_workers)
     transform = FaceTrainTransform(seed=seed, augment=augment,
                                    image_size=None if input_size == image_size_prop else input_size)
     loader = FaceDataLoader(
-        dataset.transform_first(transform), face_dataset, info,
+        dataset.transform_first(transform), face_dataset, info, transform,
         batch_size=batch_size, shuffle=shuffle, last_batch='discard', num_workers=num_workers,
         thread_pool=thread_pool)
     val_set = _load_val_set(data_dir, val_targets, input_size)

@@ -6,9 +6,7 @@ rank 0's parameters, the workers check that they resume from the same checkpoint
 of each epoch they average the BatchNorm running statistics and sum their loss/accuracy counts.
 ``create_kvstore`` and ``create_trainer`` set a run up.
 
-Outside, :func:`launch` runs a command as a distributed job with MXNet's own launcher
-(``mxnet/tools/launch.py`` and ``dmlc_tracker``, shipped in the wheel), made to work on
-Python >= 3.9, to stop every process when one of them fails, and to return a non-zero status then.
+Starting the processes of a job is :mod:`gluon_arcface.launcher`'s job.
 
 Update semantics with dist_sync / dist_device_sync (N workers, each stepping on a batch of B
 images): the gradients of all workers are summed and divided by N * B, i.e. the update is the mean
@@ -16,15 +14,8 @@ gradient over the global batch of N * B images, the same update as one process w
 hold the N worker batches. With dist_async each worker's update (its own mean gradient over B
 images) is applied by the servers as soon as it arrives.
 """
-import importlib.util
 import os
 import pickle
-import shlex
-import signal
-import subprocess
-import sys
-import threading
-import time
 import weakref
 
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
@@ -33,11 +24,9 @@ from mxnet import autograd, gluon
 from mxnet.gluon.parameter import DeferredInitializationError
 
 from .errors import CheckpointError, DistributedError
-from .threads import cgroup_cpu_limit, physical_cores, user_threads
 
-__all__ = ['DistributedError', 'DIST_KVSTORES', 'LOCAL_KVSTORES', 'create_kvstore',
-           'create_trainer',
-           'WorkerGroup', 'launcher_script', 'launch', 'KEY_BASE', 'DMLC_ENV']
+__all__ = ['DIST_KVSTORES', 'LOCAL_KVSTORES', 'create_kvstore', 'create_trainer', 'WorkerGroup',
+           'KEY_BASE', 'DMLC_ENV']
 
 DIST_KVSTORES = ('dist_sync', 'dist_device_sync', 'dist_sync_device', 'dist_async')
 LOCAL_KVSTORES = ('device', 'local')
@@ -237,177 +226,3 @@ class _StatesOnServers:
 
     def load_states(self, fname):
         pass
-
-
-# ----------------------------------------------------------------------------------------------
-# The launcher front end
-
-# Runs in the launcher's process: argv = [launch.py, host IP or '', launch.py's arguments...].
-_BOOT = r'''
-import os, re, runpy, sys, threading
-
-# dmlc_tracker calls Thread.isAlive, which Python 3.9 removed.
-threading.Thread.isAlive = threading.Thread.is_alive
-
-def _process_failed(args):
-    # The tracker runs each process from a thread that raises when the process exits non-zero,
-    # then keeps waiting for the scheduler, which waits for the dead worker: exit instead, with
-    # the process's status, so that the front end stops the job.
-    code = getattr(args.exc_value, 'returncode', None)
-    text = str(args.exc_value)
-    if code is None:
-        found = re.search(r'return code=(-?\d+)', text)
-        code = int(found.group(1)) if found else 1
-    role = re.search(r"'DMLC_ROLE': '(\w+)'", text)
-    task = re.search(r"'DMLC_TASK_ID': '(\d+)'", text)
-    who = '%s %s' % (role.group(1), task.group(1)) if role and task else 'a process'
-    status = 128 - code if code < 0 else (code if 0 < code < 256 else 1)
-    sys.stderr.write('launch: %s exited with status %s; stopping the job\n' % (who, code))
-    sys.stderr.flush()
-    os._exit(status)
-
-threading.excepthook = _process_failed
-launcher, host_ip = sys.argv[1], sys.argv[2]
-if host_ip:
-    import dmlc_tracker.tracker
-    dmlc_tracker.tracker.get_host_ip = lambda *args: host_ip
-sys.argv = [launcher] + sys.argv[3:]
-runpy.run_path(launcher, run_name='__main__')
-'''
-
-LAUNCHERS = ('local', 'ssh', 'mpi', 'sge', 'yarn')
-
-
-def launcher_script():
-    """Path of MXNet's launcher, ``mxnet/tools/launch.py`` (shipped in the mxnet 1.x wheels)."""
-    spec = importlib.util.find_spec('mxnet')
-    path = os.path.join(os.path.dirname(spec.origin), 'tools', 'launch.py')
-    if not os.path.isfile(path) or importlib.util.find_spec('dmlc_tracker') is None:
-        raise DistributedError('%s or the dmlc_tracker package is missing: this MXNet build does '
-                               'not ship its launcher (the mxnet 1.9.1 wheel does)' % path)
-    return path
-
-
-def _command_line(command, launcher):
-    if launcher == 'local':
-        return shlex.join(command)
-    # ssh/mpi wrap the command in single quotes on a remote shell: no quoting can pass through.
-    bad = [arg for arg in command if shlex.quote(arg) != arg]
-    if bad:
-        raise ValueError('the %s launcher passes the command through a remote shell unquoted; '
-                         'these arguments need quoting: %s' % (launcher, ' '.join(bad)))
-    return ' '.join(command)
-
-
-def _group_alive(pgid):
-    """True while a process of group ``pgid`` runs (zombies do not count, /proc permitting)."""
-    if not os.path.isdir('/proc'):
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-    for pid in os.listdir('/proc'):
-        try:
-            with open('/proc/%s/stat' % pid) as f:
-                fields = f.read().rsplit(')', 1)[1].split()  # state, ppid, pgrp, ...
-        except (OSError, IndexError):
-            continue
-        if fields[0] != 'Z' and int(fields[2]) == pgid:
-            return True
-    return False
-
-
-def _stop_group(pgid, grace):
-    """Wait up to ``grace`` s for group ``pgid`` to end, then SIGTERM it, then SIGKILL it."""
-    for sig, wait in ((None, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if sig is not None:
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
-        deadline = time.time() + wait
-        while _group_alive(pgid):
-            if time.time() > deadline:
-                break
-            time.sleep(0.1)
-        else:
-            return
-
-
-def _raise_exit(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-def launch(command, num_workers, num_servers=None, launcher='local', hostfile=None,
-           sync_dst_dir=None, env=(), env_server=(), env_worker=(), host_ip=None, timeout=None,
-           grace=30.0, threads=None):
-    """Run ``command`` (a list of arguments) as a distributed job; return its exit status.
-
-    MXNet's launcher starts a scheduler, ``num_servers`` servers (default: ``num_workers``) and
-    ``num_workers`` workers, all running ``command`` with their DMLC_* environment, on this
-    machine (``launcher='local'``) or on the machines of ``hostfile`` ('ssh', 'mpi'; 'sge',
-    'yarn' as MXNet supports them). ``env`` / ``env_server`` / ``env_worker`` are launch.py's
-    ``--env`` options (``NAME:value``). ``host_ip``: the scheduler's address (default 127.0.0.1
-    for 'local', the launcher's guess otherwise). ``threads``: the compute threads of each
-    process (``OMP_NUM_THREADS``); by default the local launcher shares this machine's physical
-    cores among the workers (unless the user set OMP_NUM_THREADS), and with other launchers each
-    process applies the thread policy on its own machine.
-
-    The job's processes form one process group, stopped (SIGTERM, then SIGKILL) when any of them
-    exits non-zero (whose status is returned), when ``timeout`` seconds pass (status 124), on
-    SIGINT/SIGTERM, or ``grace`` seconds after a successful end. Processes the ssh launcher
-    started on other machines are not in the group: see mxnet/tools/kill-mxnet.py.
-    """
-    command = list(command)
-    if not command:
-        raise ValueError('launch: no command given; expected e.g. python scripts/train.py '
-                         '--kvstore dist_sync ...')
-    if launcher not in LAUNCHERS:
-        raise ValueError('unknown launcher %r: expected one of %s'
-                         % (launcher, ', '.join(LAUNCHERS)))
-    if launcher in ('ssh', 'mpi') and not hostfile:
-        raise ValueError('the %s launcher needs a host file (one host[:port] per line)' % launcher)
-    if num_workers < 1 or (num_servers is not None and num_servers < 1):
-        raise ValueError('expected at least one worker and one server, got %s workers, %s servers'
-                         % (num_workers, num_servers))
-    args = ['-n', str(num_workers), '-s', str(num_servers or num_workers), '--launcher', launcher]
-    child_env = dict(os.environ)
-    if threads is None and launcher == 'local' and user_threads() is None:
-        threads = max(1, physical_cores(quota=cgroup_cpu_limit()) // num_workers)
-    if threads is not None:
-        child_env['OMP_NUM_THREADS'] = str(threads)
-        env = list(env) + ['OMP_NUM_THREADS:%d' % threads]
-    elif user_threads() is None:  # this process's policy value: each process chooses its own
-        child_env.pop('OMP_NUM_THREADS', None)
-    if hostfile:
-        args += ['-H', hostfile]
-    if sync_dst_dir:
-        args += ['--sync-dst-dir', sync_dst_dir]
-    for option, values in (('--env', env), ('--env-server', env_server),
-                           ('--env-worker', env_worker)):
-        for value in values:
-            args += [option, value]
-    args.append(_command_line(command, launcher))
-    if host_ip is None and launcher == 'local':
-        host_ip = '127.0.0.1'
-    proc = subprocess.Popen([sys.executable, '-c', _BOOT, launcher_script(), host_ip or ''] + args,
-                            start_new_session=True, env=child_env)
-    previous = None  # SIGTERM ends this process through the finally below, not at once
-    if threading.current_thread() is threading.main_thread() \
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        previous = signal.signal(signal.SIGTERM, _raise_exit)
-    status = None
-    try:
-        status = proc.wait(timeout=timeout)
-        return status
-    except subprocess.TimeoutExpired:
-        print('launch: still running after %g s; stopping the job' % timeout, file=sys.stderr,
-              flush=True)
-        status = 124
-        return status
-    finally:
-        _stop_group(proc.pid, grace if status == 0 else 0.0)
-        proc.wait()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -8,7 +8,7 @@ verification protocols, so a threshold chosen by verification applies to ``compa
 import os
 import warnings
 
-import numpy as onp
+import numpy as np
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import autograd, gluon
 from mxnet import np as mnp
@@ -34,11 +34,11 @@ def get_embedding(img, net, ctx=None):
 
 def preprocess(img, image_size):
     """RGB uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1], resized to ``image_size`` (H', W')."""
-    img = onp.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img)
+    img = np.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError('expected an RGB image of shape (H, W, 3), got %s' % (img.shape,))
     img = resize_face(img, tuple(image_size))
-    return img.transpose(2, 0, 1).astype(onp.float32) / 255.0
+    return img.transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
 def embed_images(images, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
@@ -47,10 +47,10 @@ def embed_images(images, net, ctx=None, image_size=(112, 112), batch_size=64, fl
     With ``flip`` the embedding of each image's mirror image is added before normalising, as
     the verification protocols do, so their thresholds apply.
     """
-    batch = onp.stack([preprocess(img, image_size) for img in images])
+    batch = np.stack([preprocess(img, image_size) for img in images])
     views = [batch, batch[:, :, :, ::-1]] if flip else [batch]
     return compute_embeddings(views, net, as_contexts(ctx, net)[:1], batch_size, fast=False,
-                              normalize=True).astype(onp.float32)
+                              normalize=True).astype(np.float32)
 
 
 def embed_files(paths, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
@@ -67,8 +67,8 @@ def embed_files(paths, net, ctx=None, image_size=(112, 112), batch_size=64, flip
 
 def cosine_similarity(a, b):
     """Row-wise cosine similarity of two (N, D) arrays (or two (D,) vectors)."""
-    a, b = onp.atleast_2d(a), onp.atleast_2d(b)
-    sim = onp.sum(l2_normalize(a) * l2_normalize(b), axis=1)
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    sim = np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
     return sim if len(sim) > 1 else float(sim[0])
 
 
@@ -85,7 +85,7 @@ def compare_faces(img_a, img_b, net, threshold, ctx=None, image_size=(112, 112))
                 img = decode_image(f.read(), img)
         loaded.append(img)
     emb = embed_images(loaded, net, ctx, image_size)
-    sim = float(onp.dot(emb[0], emb[1]))
+    sim = float(np.dot(emb[0], emb[1]))
     return sim, sim > threshold
 
 

@@ -14,12 +14,12 @@ scale for C classes, sqrt(2) ln(C - 1).
 """
 import math
 
-import numpy as onp
+import numpy as np
 
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import init
 from mxnet import np as mnp
-from mxnet import npx as mnpx
+from mxnet import npx
 from mxnet.gluon import nn
 
 __all__ = ['ArcMarginBlock', 'SoftmaxBlock', 'MARGIN_PRESETS', 'HEAD_STATE',
@@ -64,9 +64,9 @@ def adacos_scale(others, theta):
     at the current scale; ``theta`` (N,): the angle between each sample and its class centre
     (radians). B_avg is the mean of ``others``, theta_med the median of ``theta``.
     """
-    others, theta = onp.asarray(others, onp.float64), onp.asarray(theta, onp.float64)
-    b_avg = float(onp.mean(others))
-    theta_med = float(onp.median(theta))
+    others, theta = np.asarray(others, np.float64), np.asarray(theta, np.float64)
+    b_avg = float(np.mean(others))
+    theta_med = float(np.median(theta))
     return math.log(b_avg) / math.cos(min(math.pi / 4, theta_med))
 
 
@@ -141,8 +141,8 @@ class ArcMarginBlock(nn.HybridBlock):
         """The angle theta (radians) of the target class from its logit, inverting
         s (cos(a' theta + m') - b'); numpy arrays in, numpy out."""
         a = 1.0 + ramp * (self.margin_a - 1.0)
-        cos_shifted = onp.clip(target_logit / scale + ramp * self.margin_b, -1.0, 1.0)
-        return (onp.arccos(cos_shifted) - ramp * self.margin_m) / a
+        cos_shifted = np.clip(target_logit / scale + ramp * self.margin_b, -1.0, 1.0)
+        return (np.arccos(cos_shifted) - ramp * self.margin_m) / a
 
     def state(self, name):
         """The current value of the state parameter ``name`` (a float)."""
@@ -158,11 +158,11 @@ class ArcMarginBlock(nn.HybridBlock):
         others, theta = [], []
         for z, y in zip(logits, labels):  # reduced on the device to (n_d,) vectors
             y = y.astype('int32')
-            off_target = 1 - mnpx.one_hot(y, self.num_classes)
+            off_target = 1 - npx.one_hot(y, self.num_classes)
             others.append((mnp.exp(z) * off_target).sum(axis=1).asnumpy())
-            target = mnpx.pick(z, y, axis=1).asnumpy().astype(onp.float64)
+            target = npx.pick(z, y, axis=1).asnumpy().astype(np.float64)
             theta.append(self.target_angle(target, scale, ramp))
-        new = adacos_scale(onp.concatenate(others), onp.concatenate(theta))
+        new = adacos_scale(np.concatenate(others), np.concatenate(theta))
         set_head_state(self, 'margin_scale', new)
         return new
 

@@ -23,9 +23,10 @@ import pickle
 import tempfile
 
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
-import numpy as onp
+import numpy as np
 import mxnet as mx
-from mxnet import autograd, gluon, np, npx
+from mxnet import autograd, gluon, npx
+from mxnet import np as mnp
 from mxnet.gluon import nn
 
 from .checkpoint import check_states_file
@@ -109,7 +110,7 @@ def gather_head(cls_nets):
     out = {}
     for name in names:
         parts = [_structural(c)[name].data().as_in_ctx(mx.cpu()) for c in cls_nets]
-        out[HEAD_PREFIX + name] = parts[0] if name in HEAD_STATE else np.concatenate(parts, axis=0)
+        out[HEAD_PREFIX + name] = parts[0] if name in HEAD_STATE else mnp.concatenate(parts, axis=0)
     return out
 
 
@@ -173,7 +174,7 @@ class ModelParallelNet(gluon.Block):
         xs = gluon.utils.split_and_load(X, ctx, batch_axis=0, even_split=False)
         with autograd.record():
             embs = [self.net(x) for x in xs]
-        emb = np.concatenate([e.as_in_ctx(hub) for e in embs], axis=0)
+        emb = mnp.concatenate([e.as_in_ctx(hub) for e in embs], axis=0)
         y = y.as_in_ctx(hub).astype('int32')
         inputs, logits, targets = [], [], []
         for block, offset, c in zip(self.cls_nets, self.offsets, self.head_ctx):
@@ -186,14 +187,14 @@ class ModelParallelNet(gluon.Block):
             targets.append(npx.one_hot(local_y, block.num_classes))
 
         def on_hub(arrays):
-            return np.stack([a.as_in_ctx(hub) for a in arrays])
+            return mnp.stack([a.as_in_ctx(hub) for a in arrays])
 
         maxes = on_hub([z.max(axis=1) for z in logits])  # (blocks, B)
         top = maxes.max(axis=0)
-        exps = [np.exp(z - top.as_in_ctx(z.ctx)[:, None]) for z in logits]
+        exps = [mnp.exp(z - top.as_in_ctx(z.ctx)[:, None]) for z in logits]
         sum_exp = on_hub([e.sum(axis=1) for e in exps]).sum(axis=0)
         target_logit = on_hub([(z * t).sum(axis=1) for z, t in zip(logits, targets)]).sum(axis=0)
-        loss = np.log(sum_exp) + top - target_logit
+        loss = mnp.log(sum_exp) + top - target_logit
         autograd.backward(logits, [e / sum_exp.as_in_ctx(e.ctx)[:, None] - t
                                    for e, t in zip(exps, targets)])
         if getattr(self.cls_nets[0], 'adaptive_scale', False):
@@ -219,7 +220,7 @@ class ModelParallelNet(gluon.Block):
         scale, ramp = head.state('margin_scale'), head.state('margin_ramp')
         top, off_target = top.asnumpy().astype('float64'), off_target.asnumpy().astype('float64')
         target = target_logit.asnumpy().astype('float64')
-        others = onp.exp(top) * off_target
+        others = np.exp(top) * off_target
         new = adacos_scale(others, head.target_angle(target, scale, ramp))
         for block in self.cls_nets:
             set_head_state(block, 'margin_scale', new)

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import random
 
-import numpy as onp
+import numpy as np
 
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import mxnet as mx
@@ -155,7 +155,7 @@ def _train(c, ctx, kv, group, log):
     rank, is_master = group.rank, group.is_master
     if c.seed is not None:
         mx.random.seed(c.seed + rank)
-        onp.random.seed(c.seed + rank)
+        np.random.seed(c.seed + rank)
         random.seed(c.seed + rank)
     data_dir = resolve_data_dir(c.dataset, c.data_dir)
     data_size, num_classes = read_facerec_meta(data_dir)

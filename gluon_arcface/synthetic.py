@@ -27,7 +27,7 @@ import math
 import os
 
 import cv2
-import numpy as onp
+import numpy as np
 
 __all__ = ['SYNTHETIC_DEFAULTS', 'SYNTHETIC_VAL', 'NUISANCE', 'OCCLUDERS', 'sample_identity',
            'render_face', 'generate_faces', 'generate_pairs', 'pair_identities', 'jpeg_roundtrip',
@@ -50,7 +50,7 @@ _STREAM_ID, _STREAM_IMG, _STREAM_PAIRS = 1, 2, 3
 
 def _rng(seed, *keys):
     """An independent numpy Generator for (seed, *keys)."""
-    return onp.random.default_rng(onp.random.SeedSequence([int(seed)] + [int(k) for k in keys]))
+    return np.random.default_rng(np.random.SeedSequence([int(seed)] + [int(k) for k in keys]))
 
 
 def _hsv(h, s, v):
@@ -60,18 +60,18 @@ def _hsv(h, s, v):
     x = c * (1 - abs(h % 2 - 1))
     r, g, b = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h) % 6]
     m = v - c
-    return onp.array([r + m, g + m, b + m], onp.float32)
+    return np.array([r + m, g + m, b + m], np.float32)
 
 
 # Anchor skin tones (RGB 0-1), from very light to very dark; identities interpolate between them.
-_SKIN_ANCHORS = onp.array([[0.98, 0.86, 0.78], [0.95, 0.76, 0.62], [0.86, 0.64, 0.47],
+_SKIN_ANCHORS = np.array([[0.98, 0.86, 0.78], [0.95, 0.76, 0.62], [0.86, 0.64, 0.47],
                            [0.72, 0.50, 0.34], [0.55, 0.36, 0.23], [0.36, 0.23, 0.15]],
-                          onp.float32)
-_HAIR_ANCHORS = onp.array([[0.08, 0.06, 0.05], [0.25, 0.16, 0.09], [0.45, 0.30, 0.16],
+                          np.float32)
+_HAIR_ANCHORS = np.array([[0.08, 0.06, 0.05], [0.25, 0.16, 0.09], [0.45, 0.30, 0.16],
                            [0.85, 0.70, 0.40], [0.65, 0.25, 0.10], [0.70, 0.70, 0.70],
-                           [0.93, 0.92, 0.90]], onp.float32)
-_IRIS_ANCHORS = onp.array([[0.30, 0.18, 0.08], [0.15, 0.35, 0.75], [0.20, 0.55, 0.30],
-                           [0.50, 0.55, 0.60], [0.05, 0.05, 0.05]], onp.float32)
+                           [0.93, 0.92, 0.90]], np.float32)
+_IRIS_ANCHORS = np.array([[0.30, 0.18, 0.08], [0.15, 0.35, 0.75], [0.20, 0.55, 0.30],
+                           [0.50, 0.55, 0.60], [0.05, 0.05, 0.05]], np.float32)
 HAIR_STYLES = ('bald', 'crop', 'long', 'bob', 'fringe', 'spiky', 'side', 'bun', 'afro',
                'mohawk', 'ponytail')
 TEXTURES = ('plain', 'freckles', 'spots', 'stripes', 'birthmark', 'blush', 'mask', 'half',
@@ -83,7 +83,7 @@ def _pick(rng, anchors, jitter):
     t = rng.uniform(0, len(anchors) - 1)
     i = min(int(t), len(anchors) - 2)
     c = anchors[i] * (1 - (t - i)) + anchors[i + 1] * (t - i)
-    return onp.clip(c + rng.normal(0, jitter, 3), 0.02, 0.98).astype(onp.float32)
+    return np.clip(c + rng.normal(0, jitter, 3), 0.02, 0.98).astype(np.float32)
 
 
 def sample_identity(rng):
@@ -123,7 +123,7 @@ def sample_identity(rng):
     ident['brow_t'] = u(0.02, 0.07)
     ident['brow_slope'] = u(-0.25, 0.25)
     ident['brow_gap'] = u(0.07, 0.15)
-    ident['brow_color'] = onp.clip(ident['hair'] * u(0.5, 1.0), 0, 1).astype(onp.float32)
+    ident['brow_color'] = np.clip(ident['hair'] * u(0.5, 1.0), 0, 1).astype(np.float32)
     # Nose and mouth.
     ident['nose_len'] = u(0.12, 0.28)
     ident['nose_w'] = u(0.05, 0.14)
@@ -131,19 +131,19 @@ def sample_identity(rng):
     ident['mouth_y'] = u(0.3, 0.48)
     ident['mouth_w'] = u(0.12, 0.28)
     ident['lip_t'] = u(0.02, 0.06)
-    ident['lips'] = onp.clip(ident['skin'] * onp.array([u(0.75, 1.0), u(0.35, 0.65),
-                                                        u(0.35, 0.65)]), 0, 1).astype(onp.float32)
+    ident['lips'] = np.clip(ident['skin'] * np.array([u(0.75, 1.0), u(0.35, 0.65),
+                                                        u(0.35, 0.65)]), 0, 1).astype(np.float32)
     if u() < 0.15:
         ident['lips'] = _hsv(u(0, 360), u(0.5, 0.9), u(0.3, 0.8))  # lipstick
     # Ears.
     ident['ear_r'] = u(0.06, 0.14) if u() < 0.8 else 0.0
     # Skin texture with a per-identity layout.
     ident['texture'] = TEXTURES[rng.integers(len(TEXTURES))]
-    ident['tex_color'] = onp.clip(ident['skin'] * u(0.3, 0.7) + rng.normal(0, 0.05, 3),
-                                  0, 1).astype(onp.float32)
+    ident['tex_color'] = np.clip(ident['skin'] * u(0.3, 0.7) + rng.normal(0, 0.05, 3),
+                                  0, 1).astype(np.float32)
     if u() < 0.7:
         ident['tex_color'] = _hsv(u(0, 360), u(0.5, 0.95), u(0.2, 0.95))  # paint / tattoo
-    ident['tex_xy'] = onp.stack([u(-0.5, 0.5, 30), u(-0.35, 0.6, 30)], 1)
+    ident['tex_xy'] = np.stack([u(-0.5, 0.5, 30), u(-0.35, 0.6, 30)], 1)
     ident['tex_r'] = u(0.05, 0.12)
     ident['tex_angle'] = u(-0.7, 0.7)
     ident['tex_n'] = int(rng.integers(2, 5))
@@ -153,7 +153,7 @@ def sample_identity(rng):
     ident['glasses_color'] = _hsv(u(0, 360), u(0, 0.8), u(0.05, 0.8))
     ident['glasses_round'] = u() < 0.5
     ident['beard'] = int(rng.integers(4)) if u() < 0.3 else 0   # 1 full, 2 goatee, 3 moustache
-    ident['beard_color'] = onp.clip(ident['hair'] * u(0.7, 1.1), 0, 1).astype(onp.float32)
+    ident['beard_color'] = np.clip(ident['hair'] * u(0.7, 1.1), 0, 1).astype(np.float32)
     return ident
 
 
@@ -168,7 +168,7 @@ class _Canvas:
 
     def __init__(self, size, yaw=0.0):
         self.size = size
-        self.img = onp.zeros((size, size, 4), onp.float32)
+        self.img = np.zeros((size, size, 4), np.float32)
         self.scale = size / 2.0 * _FACE_SCALE
         self.c = size / 2.0
         self.cy = size / 2.0 + 0.02 * size
@@ -185,7 +185,7 @@ class _Canvas:
         return int(round(px * f)), int(round(py * f))
 
     def poly(self, pts, color, target=None):
-        arr = onp.array([self._fix(*self.pt(*p)) for p in pts], onp.int32)
+        arr = np.array([self._fix(*self.pt(*p)) for p in pts], np.int32)
         cv2.fillPoly(self.img if target is None else target, [arr], _color(color),
                      cv2.LINE_8, self.SHIFT)
 
@@ -201,7 +201,7 @@ class _Canvas:
                     self.SHIFT)
 
     def line(self, pts, color, thickness, z=0.0, target=None):
-        arr = onp.array([self._fix(*self.pt(x, y, z)) for x, y in pts], onp.int32)
+        arr = np.array([self._fix(*self.pt(x, y, z)) for x, y in pts], np.int32)
         th = max(1, int(round(thickness * self.scale)))
         cv2.polylines(self.img if target is None else target, [arr], False, _color(color), th,
                       cv2.LINE_8, self.SHIFT)
@@ -209,14 +209,14 @@ class _Canvas:
 
 def _face_outline(ident, n=48):
     """Points of the face outline (superellipse, narrower jaw, pointed chin) in face units."""
-    t = onp.linspace(0, 2 * math.pi, n, endpoint=False)
-    c, s = onp.cos(t), onp.sin(t)
+    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    c, s = np.cos(t), np.sin(t)
     p = ident['face_p']
-    x = onp.sign(c) * onp.abs(c) ** (2 / p) * ident['face_w']
-    y = onp.sign(s) * onp.abs(s) ** (2 / p) * ident['face_h']
-    low = onp.clip(y / ident['face_h'], 0, 1)  # 0 at the middle, 1 at the chin
+    x = np.sign(c) * np.abs(c) ** (2 / p) * ident['face_w']
+    y = np.sign(s) * np.abs(s) ** (2 / p) * ident['face_h']
+    low = np.clip(y / ident['face_h'], 0, 1)  # 0 at the middle, 1 at the chin
     x = x * (1 - (1 - ident['jaw']) * low ** 1.5)
-    y = y + ident['chin'] * ident['face_h'] * onp.clip(1 - onp.abs(x) / ident['face_w'] * 2.5,
+    y = y + ident['chin'] * ident['face_h'] * np.clip(1 - np.abs(x) / ident['face_w'] * 2.5,
                                                        0, 1) * low
     return list(zip(x, y))
 
@@ -252,7 +252,7 @@ def _draw_hair_front(cv, ident, hair, darker):
     top = -fh - vol
     cy0 = hl + 0.15
     rx, ry = fw + vol * 0.6, cy0 - top
-    cap = [(rx * math.cos(a), cy0 - ry * math.sin(a)) for a in onp.linspace(math.pi, 0, 13)]
+    cap = [(rx * math.cos(a), cy0 - ry * math.sin(a)) for a in np.linspace(math.pi, 0, 13)]
     # the forehead edge: a hairline curve from the right temple back to the left
     edge = [(fw * 0.85, hl + 0.08), (fw * 0.4, hl), (part * fw, hl - 0.03), (-fw * 0.4, hl),
             (-fw * 0.85, hl + 0.08)]
@@ -332,7 +332,7 @@ def _draw_texture(cv, ident, mask):
             cv.poly([(x - 0.08, ey + 0.1), (x + 0.08, ey + 0.1), (x, ey + 0.12 + r * 2.5)],
                     col, target=layer)
     m = mask[..., None] > 0
-    cv.img[...] = onp.where(m, layer, cv.img)
+    cv.img[...] = np.where(m, layer, cv.img)
 
 
 def _draw_eyes(cv, ident, expr):
@@ -430,7 +430,7 @@ def _draw_face_layer(ident, expr, size, worn=None, worn_rng=None):
                        ident['ear_r'] * 0.6, ident['ear_r'], skin * 0.92, z=-0.5 * side)
     outline = _face_outline(ident)
     cv.poly(outline, skin)
-    mask = onp.zeros((size, size), onp.uint8)
+    mask = np.zeros((size, size), np.uint8)
     cv.poly(outline, (1, 1, 1), target=mask)
     _draw_texture(cv, ident, mask)
     _draw_eyes(cv, ident, expr)
@@ -451,9 +451,9 @@ def _background(rng, size, clutter=1.0):
     u = rng.uniform
     c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
     a = u(0, 2 * math.pi)
-    g = onp.linspace(-1, 1, size, dtype=onp.float32)
+    g = np.linspace(-1, 1, size, dtype=np.float32)
     t = ((math.cos(a) * g[None, :] + math.sin(a) * g[:, None]) * 0.5 + 0.5) * 0.3
-    bg = (c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]).astype(onp.float32)
+    bg = (c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]).astype(np.float32)
     for _ in range(int(round(rng.integers(0, 4) * clutter))):
         col = tuple(float(v) for v in rng.uniform(0, 1, 3))
         x, y = int(u(0, size)), int(u(0, size))
@@ -476,10 +476,10 @@ _FACE_OCCLUDERS = ('sunglasses', 'cap', 'mask')   # worn: drawn in the face's fr
 def _draw_worn_occluder(cv, ident, kind, rng):
     """Sunglasses, a cap or a face mask, drawn on the face layer so they follow the pose."""
     u = rng.uniform
-    col = rng.uniform(0, 1, 3).astype(onp.float32)
+    col = rng.uniform(0, 1, 3).astype(np.float32)
     fw, fh, ey = ident['face_w'], ident['face_h'], ident['eye_y']
     if kind == 'sunglasses':
-        dark = rng.uniform(0, 0.2, 3).astype(onp.float32)
+        dark = rng.uniform(0, 0.2, 3).astype(np.float32)
         r = u(0.1, 0.15)
         for side in (-1, 1):
             cv.ellipse(side * ident['eye_dx'], ey, r * 1.1, r * u(0.7, 0.9), dark, z=0.9)
@@ -562,7 +562,7 @@ def _sample_expression(rng, yaw, k):
         open=1.0 + ((0.0 if u() < 0.12 else u(0.55, 1.2)) - 1.0) * k,
         brow=u(-0.02, 0.06) * k,
         gaze=u(-1, 1) * k,
-        clothes=rng.uniform(0, 1, 3).astype(onp.float32),
+        clothes=rng.uniform(0, 1, 3).astype(np.float32),
     )
 
 
@@ -580,10 +580,10 @@ def render_face(ident, rng, image_size=32, nuisance=1.0):
     expr = _sample_expression(rng, ns['yaw'], ns['expression'])
     # occlusion: decided up front; worn occluders are drawn with the face, others over the image
     occluded, kind = u() < ns['occlusion'], OCCLUDERS[rng.integers(len(OCCLUDERS))]
-    occ_rng = onp.random.default_rng(rng.integers(1 << 62))
+    occ_rng = np.random.default_rng(rng.integers(1 << 62))
     worn = kind if occluded and kind in _FACE_OCCLUDERS else None
     face = _draw_face_layer(ident, expr, size, worn, occ_rng)
-    bg = _background(onp.random.default_rng(rng.integers(1 << 62)), size, ns['clutter'])
+    bg = _background(np.random.default_rng(rng.integers(1 << 62)), size, ns['clutter'])
     # pose: in-plane rotation, scale and shift of the face layer
     angle = u(-1, 1) * ns['rotation']
     scale = 1.0 + u(-1, 1) * ns['scale']
@@ -597,22 +597,22 @@ def render_face(ident, rng, image_size=32, nuisance=1.0):
     # lighting: exposure, directional gradient, colour temperature, gamma
     gain = math.exp(u(-1, 1) * ns['exposure'])
     d = u(0, 2 * math.pi)
-    g = onp.linspace(-1, 1, size, dtype=onp.float32)
+    g = np.linspace(-1, 1, size, dtype=np.float32)
     grad = 1.0 + u(0, 1) * ns['gradient'] * (math.cos(d) * g[None, :] + math.sin(d) * g[:, None])
     temp = u(-1, 1) * ns['temperature']
-    tint = onp.array([1 + temp, 1 + u(-0.3, 0.3) * ns['temperature'], 1 - temp], onp.float32)
+    tint = np.array([1 + temp, 1 + u(-0.3, 0.3) * ns['temperature'], 1 - temp], np.float32)
     img = img * (gain * grad[..., None]) * tint
-    img = onp.clip(img, 0, 1) ** math.exp(u(-1, 1) * ns['gamma'])
+    img = np.clip(img, 0, 1) ** math.exp(u(-1, 1) * ns['gamma'])
     if occluded and worn is None:
         _draw_scene_occluder(img, kind, occ_rng)
-    img = cv2.resize(img.astype(onp.float32), (image_size, image_size),
+    img = cv2.resize(img.astype(np.float32), (image_size, image_size),
                      interpolation=cv2.INTER_AREA)
     # blur and sensor noise at the output resolution
     do_blur, sigma = u() < ns['blur'], u(0.3, 0.8)
     if do_blur:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img = img + rng.normal(0, 1, img.shape).astype(onp.float32) * (u(0, 1) * ns['noise'])
-    return onp.clip(img * 255 + 0.5, 0, 255).astype(onp.uint8)
+    img = img + rng.normal(0, 1, img.shape).astype(np.float32) * (u(0, 1) * ns['noise'])
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _identity(seed, index):
@@ -639,8 +639,8 @@ def generate_faces(num_identities=SYNTHETIC_DEFAULTS['num_identities'],
     if image_size < 16:
         raise ValueError('image_size must be at least 16, got %r' % (image_size,))
     n = num_identities * images_per_identity
-    images = onp.empty((n, image_size, image_size, 3), onp.uint8)
-    labels = onp.repeat(onp.arange(num_identities, dtype=onp.int32), images_per_identity)
+    images = np.empty((n, image_size, image_size, 3), np.uint8)
+    labels = np.repeat(np.arange(num_identities, dtype=np.int32), images_per_identity)
     for i in range(num_identities):
         ident = _identity(seed, first_identity + i)
         for j in range(images_per_identity):
@@ -664,10 +664,10 @@ def pair_identities(num_pairs=SYNTHETIC_DEFAULTS['num_pairs'],
     if num_heldout < 2:
         raise ValueError('num_heldout must be at least 2, got %r' % (num_heldout,))
     rng = _rng(seed, _STREAM_PAIRS, first_identity, num_heldout)
-    used = onp.zeros(num_heldout, onp.int64)   # next unused image index per identity
-    plan = onp.empty((num_pairs, 4), onp.int64)
+    used = np.zeros(num_heldout, np.int64)   # next unused image index per identity
+    plan = np.empty((num_pairs, 4), np.int64)
     # Spread the identities evenly over the pairs.
-    order = onp.concatenate([rng.permutation(num_heldout)
+    order = np.concatenate([rng.permutation(num_heldout)
                              for _ in range(2 * num_pairs // num_heldout + 2)])
     pos = 0
     for p in range(num_pairs):
@@ -699,7 +699,7 @@ def generate_pairs(num_pairs=SYNTHETIC_DEFAULTS['num_pairs'],
     ``first_identity`` to keep them disjoint from :func:`generate_faces`'s.
     """
     plan = pair_identities(num_pairs, num_heldout, first_identity, seed)
-    images = onp.empty((2 * num_pairs, image_size, image_size, 3), onp.uint8)
+    images = np.empty((2 * num_pairs, image_size, image_size, 3), np.uint8)
     cache = {}
     for p, (ia, ja, ib, jb) in enumerate(plan):
         for k, (i, j) in enumerate(((ia, ja), (ib, jb))):
@@ -720,9 +720,9 @@ def _encode_jpeg(rgb, quality):
 
 def jpeg_roundtrip(images, quality=95):
     """Encode and decode RGB uint8 images as JPEG with OpenCV (as the dataset files are written)."""
-    out = onp.empty_like(images)
+    out = np.empty_like(images)
     for i, im in enumerate(images):
-        buf = onp.frombuffer(_encode_jpeg(im, quality), onp.uint8)
+        buf = np.frombuffer(_encode_jpeg(im, quality), np.uint8)
         out[i] = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return out
 

@@ -13,7 +13,7 @@ booleans. Both protocols score the L2-normalised sum of the embeddings of all th
 import dataclasses
 
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
-import numpy as onp
+import numpy as np
 from mxnet import autograd, gluon
 
 from .devices import as_contexts
@@ -24,9 +24,9 @@ __all__ = ['FACE_11_THRESHOLDS', 'ROC_THRESHOLDS', 'VAL_THRESHOLDS', 'Verificati
            'named_results',           'test_face_11',
            'threshold_at_far', 'verify', 'verify_pixels']
 
-FACE_11_THRESHOLDS = onp.arange(0, 1, 0.0025)  # cosine similarity (chapter)
-ROC_THRESHOLDS = onp.arange(0, 4, 0.01)        # squared distance (10-fold accuracy)
-VAL_THRESHOLDS = onp.arange(0, 4, 0.001)       # squared distance (TAR at FAR)
+FACE_11_THRESHOLDS = np.arange(0, 1, 0.0025)  # cosine similarity (chapter)
+ROC_THRESHOLDS = np.arange(0, 4, 0.01)        # squared distance (10-fold accuracy)
+VAL_THRESHOLDS = np.arange(0, 4, 0.001)       # squared distance (TAR at FAR)
 
 
 @dataclasses.dataclass(eq=False)
@@ -53,11 +53,11 @@ class VerificationResult:
     best_threshold_accuracy: float
     best_threshold: float
     num_pairs: int
-    fold_accuracies: onp.ndarray = dataclasses.field(repr=False)
-    fold_thresholds: onp.ndarray = dataclasses.field(repr=False)
-    tpr: onp.ndarray = dataclasses.field(repr=False)
-    fpr: onp.ndarray = dataclasses.field(repr=False)
-    thresholds: onp.ndarray = dataclasses.field(repr=False)
+    fold_accuracies: np.ndarray = dataclasses.field(repr=False)
+    fold_thresholds: np.ndarray = dataclasses.field(repr=False)
+    tpr: np.ndarray = dataclasses.field(repr=False)
+    fpr: np.ndarray = dataclasses.field(repr=False)
+    thresholds: np.ndarray = dataclasses.field(repr=False)
 
     def summary(self):
         """One line for logs."""
@@ -89,7 +89,7 @@ def _views(data_list):
 
 
 def _host(array):
-    return array.asnumpy() if hasattr(array, 'asnumpy') else onp.asarray(array)
+    return array.asnumpy() if hasattr(array, 'asnumpy') else np.asarray(array)
 
 
 def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, normalize=False):
@@ -123,13 +123,13 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, norm
             for start in range(0, n, batch_size):
                 chunk = _host(view[start:start + batch_size])
                 count = chunk.shape[0]
-                batch = onp.zeros((batch_size,) + chunk.shape[1:], dtype=onp.float32)
+                batch = np.zeros((batch_size,) + chunk.shape[1:], dtype=np.float32)
                 batch[:count] = chunk
                 parts = gluon.utils.split_and_load(batch, ctx_list=ctx, batch_axis=0,
                                                    even_split=False)
-                out = onp.concatenate([m(x).asnumpy() for m, x in zip(nets, parts)], axis=0)
+                out = np.concatenate([m(x).asnumpy() for m, x in zip(nets, parts)], axis=0)
                 if embeddings is None:
-                    embeddings = onp.zeros((n, out.shape[1]))
+                    embeddings = np.zeros((n, out.shape[1]))
                 embeddings[start:start + count] += out[:count]
     return l2_normalize(embeddings) if normalize else embeddings
 
@@ -137,11 +137,11 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, norm
 # ----------------------------------------------------------------------------- numpy core
 
 def _check_issame(issame, num_pairs=None):
-    issame = onp.asarray(issame)
+    issame = np.asarray(issame)
     if issame.ndim != 1:
         raise ValueError(f'issame must be 1-D, got shape {issame.shape}')
     if issame.dtype != bool:
-        if issame.size and not onp.isin(issame, (0, 1)).all():
+        if issame.size and not np.isin(issame, (0, 1)).all():
             raise ValueError('issame must hold booleans (or 0/1)')
         issame = issame.astype(bool)
     if num_pairs is not None and len(issame) != num_pairs:
@@ -151,11 +151,11 @@ def _check_issame(issame, num_pairs=None):
 
 def _check_embeddings(embeddings, issame):
     """(2N, D) float64 embeddings and (N,) bool issame, or ValueError."""
-    emb = onp.asarray(_host(embeddings), dtype=onp.float64)
+    emb = np.asarray(_host(embeddings), dtype=np.float64)
     if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[0] % 2:
         raise ValueError('embeddings must be (2N, D) with an even, positive count 2N '
                          f'(pair i = rows 2i, 2i+1), got shape {emb.shape}')
-    if not onp.isfinite(emb).all():
+    if not np.isfinite(emb).all():
         raise ValueError('embeddings contain NaN or inf (did training diverge?)')
     issame = _check_issame(issame)
     if emb.shape[0] != 2 * len(issame):
@@ -166,24 +166,24 @@ def _check_embeddings(embeddings, issame):
 
 def l2_normalize(emb):
     """(N, D) rows divided by their L2 norm (numpy, any float dtype); zero rows stay zero."""
-    emb = onp.asarray(emb)
-    norms = onp.sqrt(onp.sum(emb * emb, axis=1, keepdims=True))
-    return emb / onp.where(norms > 0, norms, 1)
+    emb = np.asarray(emb)
+    norms = np.sqrt(np.sum(emb * emb, axis=1, keepdims=True))
+    return emb / np.where(norms > 0, norms, 1)
 
 
 def _confusion(dist, issame, thresholds):
     """Counts (tp, fp, tn, fn), each (T,) int, of the prediction "same" = ``dist < t``."""
-    pos = onp.sort(dist[issame])
-    neg = onp.sort(dist[~issame])
-    tp = onp.searchsorted(pos, thresholds, side='left')  # how many are < t
-    fp = onp.searchsorted(neg, thresholds, side='left')
+    pos = np.sort(dist[issame])
+    neg = np.sort(dist[~issame])
+    tp = np.searchsorted(pos, thresholds, side='left')  # how many are < t
+    fp = np.searchsorted(neg, thresholds, side='left')
     return tp, fp, len(neg) - fp, len(pos) - tp
 
 
 def _rate(num, den):
     """num / den, and 0 where den == 0 (InsightFace's convention for TPR and FPR)."""
-    num, den = onp.asarray(num, dtype=float), onp.asarray(den, dtype=float)
-    return onp.divide(num, den, out=onp.zeros_like(num), where=den > 0)
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 def best_threshold_accuracy(sim, issame, thresholds=None):
@@ -193,13 +193,13 @@ def best_threshold_accuracy(sim, issame, thresholds=None):
     arange(0, 1, 0.0025). The first best threshold is kept; (0.0, 0.0) if no threshold gets a
     single pair right (the chapter's starting values).
     """
-    sim = onp.asarray(sim, dtype=onp.float64).ravel()
+    sim = np.asarray(sim, dtype=np.float64).ravel()
     issame = _check_issame(issame, len(sim))
-    thresholds = FACE_11_THRESHOLDS if thresholds is None else onp.asarray(thresholds, float)
+    thresholds = FACE_11_THRESHOLDS if thresholds is None else np.asarray(thresholds, float)
     # sim > t  <=>  -sim < -t (negation is exact): reuse the distance counts.
     tp, _, tn, _ = _confusion(-sim, issame, -thresholds)
     correct = tp + tn
-    best = int(onp.argmax(correct))
+    best = int(np.argmax(correct))
     if correct[best] == 0:
         return 0.0, 0.0
     return float(correct[best]) / len(sim), float(thresholds[best])
@@ -214,46 +214,46 @@ def face_11(embeddings, issame):
     threshold on these same pairs.
     """
     emb, issame = _check_embeddings(embeddings, issame)
-    normed, norms = l2_normalize(emb), onp.sqrt(onp.sum(emb * emb, axis=1))
-    sim = onp.sum(normed[0::2] * normed[1::2], 1)
+    normed, norms = l2_normalize(emb), np.sqrt(np.sum(emb * emb, axis=1))
+    sim = np.sum(normed[0::2] * normed[1::2], 1)
     acc, thresh = best_threshold_accuracy(sim, issame)
-    return float(onp.mean(norms)), acc, thresh
+    return float(np.mean(norms)), acc, thresh
 
 
-def kfold_splits(n, nrof_folds=10):
-    """``[(train, test), ...]`` index arrays of ``nrof_folds`` consecutive folds of ``range(n)``.
+def kfold_splits(n, num_folds=10):
+    """``[(train, test), ...]`` index arrays of ``num_folds`` consecutive folds of ``range(n)``.
 
-    As sklearn's ``KFold(nrof_folds, shuffle=False)``: the first ``n % nrof_folds`` folds hold
+    As sklearn's ``KFold(num_folds, shuffle=False)``: the first ``n % num_folds`` folds hold
     one more item.
     """
-    if not 2 <= nrof_folds <= n:
-        raise ValueError(f'need 2 <= nrof_folds <= number of pairs, got {nrof_folds!r} folds '
+    if not 2 <= num_folds <= n:
+        raise ValueError(f'need 2 <= num_folds <= number of pairs, got {num_folds!r} folds '
                          f'for {n} pairs')
-    sizes = onp.full(nrof_folds, n // nrof_folds)
-    sizes[:n % nrof_folds] += 1
-    bounds = onp.concatenate([[0], onp.cumsum(sizes)])
-    idx = onp.arange(n)
-    folds = [idx[bounds[f]:bounds[f + 1]] for f in range(nrof_folds)]
-    return [(onp.setdiff1d(idx, test), test) for test in folds]
+    sizes = np.full(num_folds, n // num_folds)
+    sizes[:n % num_folds] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    idx = np.arange(n)
+    folds = [idx[bounds[f]:bounds[f + 1]] for f in range(num_folds)]
+    return [(np.setdiff1d(idx, test), test) for test in folds]
 
 
-def kfold_roc(dist, issame, nrof_folds=10, thresholds=None):
+def kfold_roc(dist, issame, num_folds=10, thresholds=None):
     """10-fold accuracy of "same" = ``dist < t``: ``(tpr, fpr, fold_accuracies, fold_thresholds)``.
 
     For each fold, the threshold (first best on ties) that maximises the accuracy of the other
     folds scores the held-out fold. ``tpr``, ``fpr`` (T,): held-out rates at every threshold,
     averaged over the folds. ``thresholds`` defaults to arange(0, 4, 0.01).
     """
-    dist = onp.asarray(dist, dtype=onp.float64)
+    dist = np.asarray(dist, dtype=np.float64)
     issame = _check_issame(issame, len(dist))
-    thresholds = ROC_THRESHOLDS if thresholds is None else onp.asarray(thresholds, float)
-    splits = kfold_splits(len(dist), nrof_folds)
-    tprs = onp.zeros((nrof_folds, len(thresholds)))
-    fprs = onp.zeros_like(tprs)
-    accs, thrs = onp.zeros(nrof_folds), onp.zeros(nrof_folds)
+    thresholds = ROC_THRESHOLDS if thresholds is None else np.asarray(thresholds, float)
+    splits = kfold_splits(len(dist), num_folds)
+    tprs = np.zeros((num_folds, len(thresholds)))
+    fprs = np.zeros_like(tprs)
+    accs, thrs = np.zeros(num_folds), np.zeros(num_folds)
     for f, (train, test) in enumerate(splits):
         tp, _, tn, _ = _confusion(dist[train], issame[train], thresholds)
-        best = int(onp.argmax(tp + tn))
+        best = int(np.argmax(tp + tn))
         tp, fp, tn, fn = _confusion(dist[test], issame[test], thresholds)
         tprs[f], fprs[f] = _rate(tp, tp + fn), _rate(fp, fp + tn)
         accs[f] = (tp[best] + tn[best]) / len(test)
@@ -269,19 +269,19 @@ def threshold_at_far(far, thresholds, far_target):
     rejects for repeated x ("Expect x to not have duplicates"); older SciPy joined the last
     threshold of each flat run to the first of the next one. This does the same.
     """
-    far, thresholds = onp.asarray(far, dtype=float), onp.asarray(thresholds, dtype=float)
+    far, thresholds = np.asarray(far, dtype=float), np.asarray(thresholds, dtype=float)
     if not far[0] <= far_target <= far[-1]:
         raise ValueError(f'far_target {far_target:g} is outside the FAR range '
                          f'[{far[0]:g}, {far[-1]:g}]')
-    j = int(onp.searchsorted(far, far_target, side='right')) - 1  # last index with far <= target
+    j = int(np.searchsorted(far, far_target, side='right')) - 1  # last index with far <= target
     if j == len(far) - 1:  # the maximum FAR: the first threshold reaching it
-        return float(thresholds[onp.searchsorted(far, far_target, side='left')])
+        return float(thresholds[np.searchsorted(far, far_target, side='left')])
     k = j + 1
     return float(thresholds[j] + (far_target - far[j]) * (thresholds[k] - thresholds[j])
                  / (far[k] - far[j]))
 
 
-def kfold_val(dist, issame, far_target=1e-3, nrof_folds=10, thresholds=None):
+def kfold_val(dist, issame, far_target=1e-3, num_folds=10, thresholds=None):
     """Validation rate (TAR) at a false accept rate: ``(tar_mean, tar_std, far_mean)``.
 
     For each fold: the threshold at which the other folds reach ``far_target``
@@ -290,23 +290,23 @@ def kfold_val(dist, issame, far_target=1e-3, nrof_folds=10, thresholds=None):
     """
     if not 0 < far_target <= 1:
         raise ValueError(f'far_target must be in (0, 1], got {far_target!r}')
-    dist = onp.asarray(dist, dtype=onp.float64)
+    dist = np.asarray(dist, dtype=np.float64)
     issame = _check_issame(issame, len(dist))
-    thresholds = VAL_THRESHOLDS if thresholds is None else onp.asarray(thresholds, float)
-    tar, far = onp.zeros(nrof_folds), onp.zeros(nrof_folds)
-    for f, (train, test) in enumerate(kfold_splits(len(dist), nrof_folds)):
+    thresholds = VAL_THRESHOLDS if thresholds is None else np.asarray(thresholds, float)
+    tar, far = np.zeros(num_folds), np.zeros(num_folds)
+    for f, (train, test) in enumerate(kfold_splits(len(dist), num_folds)):
         _, fp, tn, _ = _confusion(dist[train], issame[train], thresholds)
         far_train = _rate(fp, fp + tn)
         if far_train.max() >= far_target:
             threshold = threshold_at_far(far_train, thresholds, far_target)
         else:
             threshold = 0.0
-        tp, fp, tn, fn = _confusion(dist[test], issame[test], onp.array([threshold]))
+        tp, fp, tn, fn = _confusion(dist[test], issame[test], np.array([threshold]))
         tar[f], far[f] = _rate(tp, tp + fn)[0], _rate(fp, fp + tn)[0]
     return float(tar.mean()), float(tar.std()), float(far.mean())
 
 
-def evaluate_embeddings(embeddings, issame, nrof_folds=10, far_target=1e-3):
+def evaluate_embeddings(embeddings, issame, num_folds=10, far_target=1e-3):
     """Both protocols on (2N, D) embeddings (pair i = rows 2i, 2i+1): a ``VerificationResult``.
 
     Pass the views' average (sum / number of views) to get the chapter's XNorm; the rest does
@@ -314,17 +314,17 @@ def evaluate_embeddings(embeddings, issame, nrof_folds=10, far_target=1e-3):
     distances, the chapter's (``best_threshold_*``) cosine similarities.
     """
     emb, issame = _check_embeddings(embeddings, issame)
-    normed, norms = l2_normalize(emb), onp.sqrt(onp.sum(emb * emb, axis=1))
+    normed, norms = l2_normalize(emb), np.sqrt(np.sum(emb * emb, axis=1))
     e1, e2 = normed[0::2], normed[1::2]
-    dist = onp.sum(onp.square(e1 - e2), 1)
-    tpr, fpr, accs, thrs = kfold_roc(dist, issame, nrof_folds)
-    tar, tar_std, far = kfold_val(dist, issame, far_target, nrof_folds)
-    best_acc, best_thr = best_threshold_accuracy(onp.sum(e1 * e2, 1), issame)
-    threshold = float(onp.mean(thrs))
+    dist = np.sum(np.square(e1 - e2), 1)
+    tpr, fpr, accs, thrs = kfold_roc(dist, issame, num_folds)
+    tar, tar_std, far = kfold_val(dist, issame, far_target, num_folds)
+    best_acc, best_thr = best_threshold_accuracy(np.sum(e1 * e2, 1), issame)
+    threshold = float(np.mean(thrs))
     return VerificationResult(
-        accuracy=float(onp.mean(accs)), std=float(onp.std(accs)), threshold=threshold,
+        accuracy=float(np.mean(accs)), std=float(np.std(accs)), threshold=threshold,
         cos_threshold=1.0 - threshold / 2, tar_at_far=tar, tar_std=tar_std, far=far,
-        far_target=far_target, xnorm=float(onp.mean(norms)), best_threshold_accuracy=best_acc,
+        far_target=far_target, xnorm=float(np.mean(norms)), best_threshold_accuracy=best_acc,
         best_threshold=best_thr, num_pairs=len(issame), fold_accuracies=accs,
         fold_thresholds=thrs, tpr=tpr, fpr=fpr, thresholds=ROC_THRESHOLDS.copy())
 
@@ -358,26 +358,26 @@ def test_face_11(data_set, net, ctx=None, batch_size=512):
 test_face_11.__test__ = False  # not a pytest test
 
 
-def verify_pixels(data_set, nrof_folds=10, far_target=1e-3):
+def verify_pixels(data_set, num_folds=10, far_target=1e-3):
     """The raw-pixel baseline a face model must beat: ``verify`` with the flattened pixels of
     all views, summed, as the embeddings (cosine similarity of the images and their mirrors).
     """
     data_list, issame = _unpack(data_set)
-    emb = sum(_host(view).reshape(view.shape[0], -1).astype(onp.float64) for view in data_list)
+    emb = sum(_host(view).reshape(view.shape[0], -1).astype(np.float64) for view in data_list)
     return evaluate_embeddings(emb / len(data_list), issame,
-                               max(2, min(nrof_folds, len(issame))), far_target)
+                               max(2, min(num_folds, len(issame))), far_target)
 
 
-def verify(data_set, net, ctx=None, batch_size=512, nrof_folds=10, far_target=1e-3):
+def verify(data_set, net, ctx=None, batch_size=512, num_folds=10, far_target=1e-3):
     """Run ``net`` once over ``data_set = (data_list, issame)`` and score both protocols.
 
     Returns ``evaluate_embeddings``' ``VerificationResult``; ``(result.xnorm,
     result.best_threshold_accuracy, result.best_threshold)`` is ``test_face_11``'s triple.
-    A set with fewer pairs than ``nrof_folds`` (at least 2) is scored with one fold per pair.
+    A set with fewer pairs than ``num_folds`` (at least 2) is scored with one fold per pair.
     """
     data_list, issame = _unpack(data_set)
     emb = compute_embeddings(data_list, net, ctx, batch_size) / len(data_list)
-    return evaluate_embeddings(emb, issame, max(2, min(nrof_folds, len(issame))), far_target)
+    return evaluate_embeddings(emb, issame, max(2, min(num_folds, len(issame))), far_target)
 
 
 # ----------------------------------------------------------------------------- reporting

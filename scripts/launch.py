@@ -16,13 +16,13 @@ from gluon_arcface import cli
 
 
 def build_parser():
-    from gluon_arcface import distributed
+    from gluon_arcface import launcher
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-n', '--num-workers', type=int, required=True, help='number of workers')
     p.add_argument('-s', '--num-servers', type=int,
                    help='number of servers (default: as many as workers)')
-    p.add_argument('--launcher', default='local', choices=distributed.LAUNCHERS,
+    p.add_argument('--launcher', default='local', choices=launcher.LAUNCHERS,
                    help='local: every process on this machine; ssh/mpi: on the machines of -H')
     p.add_argument('-H', '--hostfile', help='machines, one host[:ssh port] per line (ssh, mpi)')
     p.add_argument('--sync-dst-dir', help='ssh: rsync the current folder to this folder on '
@@ -58,8 +58,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from gluon_arcface import distributed
-    return cli.main_guard(lambda: distributed.launch(
+    from gluon_arcface import launcher
+    return cli.main_guard(lambda: launcher.launch(
         args.command, args.num_workers, args.num_servers, launcher=args.launcher,
         hostfile=args.hostfile, sync_dst_dir=args.sync_dst_dir, env=args.env, threads=args.threads,
         env_server=args.env_server, env_worker=args.env_worker, host_ip=args.host_ip,

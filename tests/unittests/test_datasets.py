@@ -119,8 +119,19 @@ def test_shards_of_a_distributed_run_cover_the_data_once(data_dir):
 
 
 def test_process_workers(data_dir):
+    """Worker processes give every image once per epoch (16 of 18: the partial batch is
+    dropped), each with its own label and its pixels intact (possibly flipped)."""
     loader, _ = gaf.load_data_face_rec(str(data_dir), [], 4, num_workers=2, thread_pool=False)
-    assert sum(len(y) for _, y in loader) == 16
+    seen = []
+    for X, y in loader:
+        assert X.shape == (4, 3, SIZE, SIZE) and X.dtype == onp.float32
+        for img, label in zip(X.asnumpy(), y.asnumpy()):
+            red = round(float(img[0, 0, 0]) * 255)
+            assert red == 20 * int(label)  # the image belongs to its label
+            seen.append((int(label), round(float(img[1, 0, 0]) * 255)))  # (label, image index)
+            blue = img[2, 0]  # one half blue, the other not: flipped or not, never mixed up
+            assert sorted(set(onp.round(blue).tolist())) == [0.0, 1.0]
+    assert len(seen) == 16 and len(set(seen)) == 16  # no image twice
 
 
 def test_folder_names_must_be_class_ids(tmp_path):

@@ -20,7 +20,7 @@ import mxnet as mx
 from mxnet import gluon
 
 import gluon_arcface as gaf
-from gluon_arcface import distributed, threads
+from gluon_arcface import distributed, launcher, threads
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 90  # seconds for one cluster run; a run here takes 5-10 s
@@ -294,7 +294,7 @@ def test_launch_stops_the_job_when_a_worker_dies(tmp_path, capfd):
         kv.init(0, mx.nd.zeros(1))  # waits for rank 1 forever
     '''))
     start = time.time()
-    status = distributed.launch([sys.executable, str(script)], 2, 1, timeout=TIMEOUT)
+    status = launcher.launch([sys.executable, str(script)], 2, 1, timeout=TIMEOUT)
     assert status == 3
     assert time.time() - start < TIMEOUT
     assert 'exited with status 3; stopping the job' in capfd.readouterr().err
@@ -317,9 +317,9 @@ def test_setup_errors_say_what_is_expected(monkeypatch):
     local = distributed.WorkerGroup.of(gluon.Trainer(net.collect_params(), 'sgd'))
     assert (local.rank, local.num_workers, local.is_master, local.grad_scale) == (0, 1, True, 1)
     with pytest.raises(ValueError, match='ssh launcher needs a host file'):
-        distributed.launch(['true'], 2, launcher='ssh')
+        launcher.launch(['true'], 2, launcher='ssh')
     with pytest.raises(ValueError, match='need quoting: a b'):
-        distributed.launch(['echo', 'a b'], 2, launcher='ssh', hostfile='hosts')
+        launcher.launch(['echo', 'a b'], 2, launcher='ssh', hostfile='hosts')
 
 
 def test_averaging_running_statistics_keeps_the_momentum():

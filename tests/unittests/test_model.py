@@ -210,8 +210,25 @@ def test_sgd_steps_lower_the_loss():
 
 
 def test_context_placement():
+    """A TrainBlock on two devices computes on the device of its input, with that device's
+    copy of the parameters: both copies give the same logits, and the gradients land on the
+    device that computed them only."""
     ctx = [mx.cpu(0), mx.cpu(1)]
     net = gaf.TrainBlock(18, 16, 3, use_dropout=False)
     net.collect_params().reset_ctx(ctx)
-    x = np.random.uniform(size=(2, 3, 32, 32), ctx=mx.cpu(1))
-    assert net(x, np.array([0, 1], ctx=mx.cpu(1))).ctx == mx.cpu(1)
+    x = np.random.uniform(size=(2, 3, 32, 32))
+    y = np.array([0, 1])
+    outs = []
+    for c in ctx:
+        with autograd.record():
+            out = net(x.as_in_ctx(c), y.as_in_ctx(c))
+        out.backward()
+        assert out.ctx == c
+        outs.append(out.asnumpy())
+    onp.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for param in net.collect_params().values():
+        assert set(param.list_ctx()) == set(ctx), param.name
+    weight = net.margin_block.fc7_weight
+    assert weight.grad(mx.cpu(1)).ctx == mx.cpu(1)
+    onp.testing.assert_allclose(weight.grad(mx.cpu(0)).asnumpy(), weight.grad(mx.cpu(1)).asnumpy(),
+                                rtol=1e-4, atol=1e-6)

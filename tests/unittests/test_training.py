@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 
 import numpy as onp
@@ -130,6 +131,7 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
                          checkpoint_dir=folder, progress=False, log=lambda *a: None)
     state = ckpt.latest_checkpoint(folder)
     assert state['epoch'] == 2 and len(state['history']['epochs']) == 2
+    shutil.copytree(folder, str(tmp_path / 'copy'))  # for the uninterrupted run below
 
     # A fresh process would build a new network and trainer, then resume.
     net2 = make_net([mx.cpu(0)], seed=5)
@@ -148,9 +150,23 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
                                    progress=False, log=lambda *a: None)
     assert [e['epoch'] for e in history['epochs']] == [1, 2, 3]
     assert history['epochs'][2]['lr'] == pytest.approx(0.01)
-    gaf.train_ch_facerec(net, tiny_loader(), loss, trainer, 3, mx.cpu(0), lr_steps=[1],
-                         checkpoint_dir=str(tmp_path / 'other'), resume='auto', progress=False,
-                         log=lambda *a: None)
+    # The first network goes on from its own checkpoint ('auto' resumes where there is one).
+    reference = gaf.train_ch_facerec(net, tiny_loader(), loss, trainer, 3, mx.cpu(0),
+                                     lr_steps=[1], checkpoint_dir=str(tmp_path / 'copy'),
+                                     resume='auto', progress=False, log=lambda *a: None)
+    assert [e['epoch'] for e in reference['epochs']] == [1, 2, 3]
+    assert reference['epochs'][2]['loss'] == pytest.approx(history['epochs'][2]['loss'],
+                                                           rel=1e-5)
+    for k, v in params_of(net).items():
+        onp.testing.assert_allclose(params_of(net2)[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    # 'auto' without a checkpoint starts from the beginning.
+    fresh = make_net([mx.cpu(0)], seed=7)
+    trainer3 = gluon.Trainer(fresh.collect_params(), 'sgd', {'learning_rate': 0.1})
+    history = gaf.train_ch_facerec(fresh, tiny_loader(), loss, trainer3, 1, mx.cpu(0),
+                                   checkpoint_dir=str(tmp_path / 'empty'), resume='auto',
+                                   progress=False, log=lambda *a: None)
+    assert [e['epoch'] for e in history['epochs']] == [1]
+    assert ckpt.latest_checkpoint(str(tmp_path / 'empty'))['epoch'] == 1
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):

@@ -406,8 +406,8 @@ def test_input_validation():
         ver.face_11(bad, issame)
     with pytest.raises(ValueError, match='boolean'):
         ver.evaluate_embeddings(emb, onp.arange(20))
-    with pytest.raises(ValueError, match='nrof_folds'):
-        ver.evaluate_embeddings(emb, issame, nrof_folds=21)
+    with pytest.raises(ValueError, match='num_folds'):
+        ver.evaluate_embeddings(emb, issame, num_folds=21)
     with pytest.raises(ValueError, match='far_target'):
         ver.evaluate_embeddings(emb, issame, far_target=0)
     with pytest.raises(ValueError, match='expected 3 issame'):
