@@ -195,6 +195,10 @@ class TrainConfig:
         0.0, 'epochs of linear learning-rate warm-up, per step', 'optimisation', metavar='E')
     seed: typing.Optional[int] = _setting(None, 'random seed', 'optimisation',
                                           default_text='not seeded')
+    amp: bool = _setting(
+        False, 'mixed precision: the backbone in bfloat16 on CPUs with AVX512-BF16 or AMX, in '
+        'float16 (with dynamic loss scaling) on GPUs; float32 master weights, BatchNorm '
+        'statistics, head and loss', 'optimisation')
 
     # ---- fine-tuning
     pretrained: typing.Optional[str] = _setting(

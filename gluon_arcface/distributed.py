@@ -56,16 +56,25 @@ def create_kvstore(kvstore='device'):
     return mx.kv.create(kvstore)
 
 
-def create_trainer(params, optimizer='sgd', optimizer_params=None, kvstore='device'):
+def create_trainer(params, optimizer='sgd', optimizer_params=None, kvstore='device',
+                   loss_scaling=False):
     """A gluon.Trainer as ``train_ch_facerec`` needs it.
 
     ``kvstore`` is a name or a KVStore (from :func:`create_kvstore`). With dist_sync and
     dist_device_sync the servers only sum gradients and every worker runs the optimizer
     (``update_on_kvstore=False``), so learning-rate steps and optimizer states in checkpoints work;
     dist_async keeps the optimizer on the servers (MXNet allows nothing else).
+    ``loss_scaling`` (float16 mixed precision): the gradients are summed and checked before
+    the update, which then runs on the workers too (not with dist_async).
     """
     kv_type = kvstore if isinstance(kvstore, str) else kvstore.type
     update_on_kvstore = False if kv_type.startswith('dist') and 'async' not in kv_type else None
+    if loss_scaling:
+        if 'async' in kv_type:
+            raise DistributedError('float16 loss scaling skips the updates of overflowing '
+                                   'steps, which kvstore %s cannot (the servers update '
+                                   'as gradients arrive); use dist_sync' % kv_type)
+        update_on_kvstore = False
     return gluon.Trainer(params, optimizer, optimizer_params, kvstore=kvstore,
                          update_on_kvstore=update_on_kvstore)
 

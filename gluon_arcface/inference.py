@@ -89,12 +89,26 @@ def compare_faces(img_a, img_b, net, threshold, ctx=None, image_size=(112, 112))
     return sim, sim > threshold
 
 
-def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0):
+def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0, dtype=None):
     """Export a (hybridizable) embedding network for deployment: ``prefix-symbol.json`` and
     ``prefix-%04d.params``. Returns the two paths. Input name ``data``, (N, 3, H, W) float32.
+    ``dtype`` 'bfloat16' exports a graph whose backbone computes in bfloat16 (float32 weights,
+    input and output; for CPUs with AVX512-BF16 or AMX); default: as ``net`` computes.
     """
     if not isinstance(net, gluon.HybridBlock):
         raise TypeError('only a HybridBlock can be exported, got %s' % type(net).__name__)
+    if dtype is None:
+        return _export(net, prefix, image_size, epoch)
+    from .model import compute_dtype_of, set_compute_dtype
+    previous = compute_dtype_of(net)
+    set_compute_dtype(net, dtype)
+    try:
+        return _export(net, prefix, image_size, epoch)
+    finally:
+        set_compute_dtype(net, previous)
+
+
+def _export(net, prefix, image_size, epoch):
     ctx = next(iter(net.collect_params().values())).list_ctx()[0]
     net.hybridize()
     with autograd.predict_mode():
@@ -105,7 +119,8 @@ def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0):
     with atomic_write(prefix + '-symbol.json') as tmp_sym, \
             atomic_write(prefix + '-%04d.params' % epoch) as tmp_params:
         tmp_prefix = tmp_sym + '.export'
-        net.export(tmp_prefix, epoch=epoch)
+        # MXNet drops the casts of mixed precision when saving, unless told otherwise.
+        net.export(tmp_prefix, epoch=epoch, remove_amp_cast=False)
         os.replace(tmp_prefix + '-symbol.json', tmp_sym)
         os.replace(tmp_prefix + '-%04d.params' % epoch, tmp_params)
     return prefix + '-symbol.json', prefix + '-%04d.params' % epoch

@@ -17,6 +17,7 @@ instead of the NumPy ``+``. Parameter names, shapes and values are those of the 
 """
 import os
 
+import numpy as np
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import init
 from mxnet.gluon import nn
@@ -26,7 +27,8 @@ from .margin import ArcMarginBlock
 __all__ = ['BasicBlockV3', 'FaceResNet', 'get_faceresnet', 'faceresnet_spec',
            'TrainBlock', 'TestBlock', 'PReLU', 'bn_prelu_conv', 'inference_net',
            'inference_nets', 'mkldnn_enabled', 'dropout_rate', 'BN_EPS', 'STANDARDIZE_EPS',
-           'PRELU_INIT', 'CHAPTER_DROPOUT']
+           'PRELU_INIT', 'CHAPTER_DROPOUT', 'COMPUTE_DTYPES', 'set_compute_dtype',
+           'compute_dtype_of']
 
 BN_EPS = 2e-5
 STANDARDIZE_EPS = 2e-5
@@ -44,7 +46,13 @@ def faceresnet_spec(num_layers):
     return UNITS[num_layers]
 
 
-class PReLU(nn.HybridBlock):
+class _Precision:
+    """The compute dtype of a block (float32 unless :func:`set_compute_dtype` says otherwise)."""
+
+    compute_dtype = 'float32'
+
+
+class PReLU(_Precision, nn.HybridBlock):
     """Per-channel PReLU, ``f(x) = x`` where ``x > 0`` and ``alpha[c] * x`` elsewhere, from oneDNN
     operators: ``alpha * x + (1 - alpha) * relu(x)``.
 
@@ -71,8 +79,10 @@ class PReLU(nn.HybridBlock):
         c = self.in_channels
         x = x.as_nd_ndarray()  # legacy operators: Convolution/Activation/elemwise_add are oneDNN
         slope = F.reshape(alpha.as_nd_ndarray(), shape=(c, 1, 1, 1))
+        rest = _cast(F, 1 - slope, self.compute_dtype)
+        slope = _cast(F, slope, self.compute_dtype)
         linear = F.Convolution(x, slope, kernel=(1, 1), num_filter=c, num_group=c, no_bias=True)
-        positive = F.Convolution(F.Activation(x, act_type='relu'), 1 - slope, kernel=(1, 1),
+        positive = F.Convolution(F.Activation(x, act_type='relu'), rest, kernel=(1, 1),
                                  num_filter=c, num_group=c, no_bias=True)
         return F.elemwise_add(linear, positive).as_np_ndarray()
 
@@ -98,6 +108,24 @@ def _legacy(v):
     return v.as_nd_ndarray() if hasattr(v, 'as_nd_ndarray') else v
 
 
+# MXNet 1.9 spells bfloat16 as this numpy structured dtype in Python.
+_MX_DTYPES = {'bfloat16': np.dtype([('bfloat16', np.uint16)])}
+
+
+def _cast(F, v, dtype):
+    """``v`` (legacy array/symbol) in ``dtype``; ``amp_cast``'s gradient goes back in v's dtype,
+    so float32 weights get float32 gradients."""
+    return v if dtype == 'float32' else F.amp_cast(v, dtype=_MX_DTYPES.get(dtype, dtype))
+
+
+def _conv(F, x, conv, dtype):
+    """``conv(x)``; in a low-precision ``dtype`` the float32 weight is cast inside the graph."""
+    if dtype == 'float32':
+        return conv(x)
+    (weight,) = _param_inputs(F, x, [conv.weight])
+    return F.Convolution(_legacy(x), _cast(F, weight, dtype), **conv._kwargs).as_np_ndarray()
+
+
 def _param_inputs(F, like, params):
     """The arrays (imperative) or variables (hybridized) of child blocks' parameters, as legacy
     arrays/symbols, to use them in a parent's hybrid_forward."""
@@ -119,7 +147,7 @@ def _fused_relu_available(block):
         return mx.current_context().device_type == 'cpu'
 
 
-def bn_prelu_conv(F, z, bn, prelu, conv):
+def bn_prelu_conv(F, z, bn, prelu, conv, dtype='float32'):
     """``conv(prelu(bn(z)))`` with oneDNN operators only, from the three blocks' parameters.
 
     With ``y = bn(z)`` and, per channel, ``k = 1 - alpha`` and ``s = +1`` if ``k >= 0`` else -1:
@@ -131,7 +159,8 @@ def bn_prelu_conv(F, z, bn, prelu, conv):
     convolution's weights (per input channel): a small weight-side product instead of a pass
     over the activations. No per-channel activation kernel, no layout reorder, and the slope
     gradient comes from BatchNorm's gamma/beta gradients. (At ``alpha == 1`` exactly the slope
-    gradient is one-sided: ``y`` instead of ``min(y, 0)``.)
+    gradient is one-sided: ``y`` instead of ``min(y, 0)``.) ``dtype``: the compute dtype of
+    ``z`` and of the convolution (BatchNorm's parameters stay float32).
     """
     gamma, beta, mean, var, alpha, weight = _param_inputs(
         F, z, [bn.gamma, bn.beta, bn.running_mean, bn.running_var, prelu.alpha, conv.weight])
@@ -152,11 +181,11 @@ def bn_prelu_conv(F, z, bn, prelu, conv):
     # elemwise_mul with a full-size sign: broadcast_mul's backward would reduce over the weight
     # for the (unused) gradient of the sign, a slow pass.
     sign = F.BlockGrad(F.broadcast_like(F.reshape(sign, shape=(1, -1, 1, 1)), weight))
-    weight = F.elemwise_mul(weight, sign)
+    weight = _cast(F, F.elemwise_mul(weight, sign), dtype)
     return F.Convolution(u, weight, **conv._kwargs).as_np_ndarray()
 
 
-class BasicBlockV3(nn.HybridBlock):
+class BasicBlockV3(_Precision, nn.HybridBlock):
     """The "IR" residual unit: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN plus a shortcut.
 
     The shortcut is conv1x1(stride)+BN when ``downsample``, else the identity. No activation
@@ -184,16 +213,19 @@ class BasicBlockV3(nn.HybridBlock):
                 self.downsample = None
 
     def hybrid_forward(self, F, x):
-        residual = self.downsample(x) if self.downsample is not None else x
+        dtype = self.compute_dtype
+        residual = x
+        if self.downsample is not None:
+            residual = self.downsample[1](_conv(F, x, self.downsample[0], dtype))
         if not self.fast:
             return self.body(x) + residual
         bn1, conv1, bn2, prelu, conv2, bn3 = self.body
         # BN2, PReLU and conv2 from their parameters with oneDNN operators (bn_prelu_conv).
-        out = bn3(bn_prelu_conv(F, conv1(bn1(x)), bn2, prelu, conv2))
+        out = bn3(bn_prelu_conv(F, _conv(F, bn1(x), conv1, dtype), bn2, prelu, conv2, dtype))
         return _add(F, out, residual, True)
 
 
-class FaceResNet(nn.HybridBlock):
+class FaceResNet(_Precision, nn.HybridBlock):
     """ResNet for aligned faces: (N, 3, H, W) float32 -> (N, emb_size) embeddings.
 
     ``units`` gives the residual units per stage (channels 64, 128, 256, 512); each stage halves
@@ -228,7 +260,16 @@ class FaceResNet(nn.HybridBlock):
             self.output.add(nn.Flatten(), nn.Dense(emb_size))
 
     def hybrid_forward(self, F, x):
-        return self.output(self.features(x))
+        dtype = self.compute_dtype
+        if dtype == 'float32':
+            return self.output(self.features(x))
+        conv, bn, prelu = list(self.features)[:3]
+        x = prelu(bn(_conv(F, _cast(F, _legacy(x), dtype).as_np_ndarray(), conv, dtype)))
+        for stage in list(self.features)[3:]:
+            x = stage(x)
+        # The embedding layer and everything after it (standardisation, margin head, loss) in
+        # float32.
+        return self.output(F.amp_cast(_legacy(x), dtype='float32').as_np_ndarray())
 
 
 def dropout_rate(use_dropout):
@@ -331,7 +372,7 @@ def mkldnn_enabled():
     return built and os.environ.get('MXNET_MKLDNN_ENABLED', '1') != '0'
 
 
-def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True):
+def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True, dtype=None):
     """A frozen copy of an embedding network for the fastest correct inference on this build.
 
     ``net``: a TestBlock, a FaceResNet or a TrainBlock (its FaceResNet is taken). The copy is a
@@ -344,6 +385,7 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True):
     completes a deferred initialisation of ``net`` if needed and, with ``warmup``, builds the
     graph at once for that shape.
     ``backend``: 'auto' (MKLDNN when available on a CPU context), 'MKLDNN' or None.
+    ``dtype``: the compute dtype of the copy (:func:`set_compute_dtype`; default: ``net``'s).
     Returns a block: ``block(x) -> embeddings`` as with ``net``; call it in predict mode.
     """
     from mxnet import autograd
@@ -364,6 +406,7 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True):
     units = tuple(len(stage) for stage in list(source.features)[3:])
     use_dropout = any(isinstance(b, nn.Dropout) for b in source.output)  # inert when predicting
     copy = FaceResNet(units, source.emb_size, use_dropout, fast=True)
+    set_compute_dtype(copy, dtype or source.compute_dtype)
     targets = copy._collect_params_with_prefix()
     for name, param in params.items():
         data = param.data(ctx)
@@ -382,9 +425,57 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True):
     return copy
 
 
-def inference_nets(net, ctx, input_shape=None):
+def inference_nets(net, ctx, input_shape=None, dtype=None):
     """One :func:`inference_net` copy of ``net`` per context in ``ctx`` (a list), or ``net``
     itself for each when it is not a FaceResNet-based block (e.g. a SymbolBlock)."""
     if _embedding_net(net) is None:
+        if dtype not in (None, 'float32'):
+            raise ValueError('dtype %s needs a FaceResNet-based network, got %s'
+                             % (dtype, type(net).__name__))
         return [net] * len(ctx)
-    return [inference_net(net, input_shape, ctx=c, warmup=False) for c in ctx]
+    return [inference_net(net, input_shape, ctx=c, warmup=False, dtype=dtype) for c in ctx]
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def set_compute_dtype(net, dtype='float32'):
+    """Run ``net``'s FaceResNet backbone(s) in ``dtype``: 'float32', 'bfloat16' (CPUs with
+    AVX512-BF16 or AMX) or 'float16' (GPUs).
+
+    Mixed precision: the parameters stay float32 (master weights, optimizer state and
+    checkpoints unchanged); the convolutions and activations of the residual stages run in
+    ``dtype``, each weight cast inside the graph (its gradient comes back in float32);
+    BatchNorm keeps float32 parameters and statistics; the embedding layer, and whatever
+    follows it (standardisation, margin head, loss), run in float32. Needs the oneDNN blocks
+    (``fast=True``). A hybridized network rebuilds its graph at its next call. Returns ``net``.
+    """
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError('compute dtype must be one of %s, got %r' % (COMPUTE_DTYPES, dtype))
+    found = False
+    for block in _blocks(net):
+        if isinstance(block, (FaceResNet, BasicBlockV3, PReLU)):
+            if dtype != 'float32' and not getattr(block, 'fast', True):
+                raise ValueError('mixed precision needs the oneDNN blocks (fast=True): MXNet '
+                                 '1.9.1 has no low-precision PReLU')
+            block.compute_dtype = dtype
+            found = True
+        if isinstance(block, nn.HybridBlock):
+            block._clear_cached_op()
+    if not found:
+        raise TypeError('%s has no FaceResNet backbone' % type(net).__name__)
+    return net
+
+
+def compute_dtype_of(net):
+    """The compute dtype of ``net``'s (first) FaceResNet backbone."""
+    for block in _blocks(net):
+        if isinstance(block, FaceResNet):
+            return block.compute_dtype
+    raise TypeError('%s has no FaceResNet backbone' % type(net).__name__)
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)

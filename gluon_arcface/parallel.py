@@ -162,7 +162,7 @@ class ModelParallelNet(gluon.Block):
             offset += block.num_classes
         self.num_classes = offset
 
-    def forward_backward(self, X, y, ctx):
+    def forward_backward(self, X, y, ctx, loss_scale=1.0):
         """Forward and backward over a batch; gradients are left in the parameters.
 
         X (B, 3, H, W) and y (B,) class ids, split over ``ctx`` for the backbone. Returns
@@ -195,7 +195,7 @@ class ModelParallelNet(gluon.Block):
         sum_exp = on_hub([e.sum(axis=1) for e in exps]).sum(axis=0)
         target_logit = on_hub([(z * t).sum(axis=1) for z, t in zip(logits, targets)]).sum(axis=0)
         loss = mnp.log(sum_exp) + top - target_logit
-        autograd.backward(logits, [e / sum_exp.as_in_ctx(e.ctx)[:, None] - t
+        autograd.backward(logits, [(e / sum_exp.as_in_ctx(e.ctx)[:, None] - t) * loss_scale
                                    for e, t in zip(exps, targets)])
         if getattr(self.cls_nets[0], 'adaptive_scale', False):
             off_target = on_hub([(e * (1 - t)).sum(axis=1) for e, t in zip(exps, targets)])
@@ -225,9 +225,10 @@ class ModelParallelNet(gluon.Block):
         for block in self.cls_nets:
             set_head_state(block, 'margin_scale', new)
 
-    def batch_step(self, X, y, ctx):
-        """``train_ch_facerec``'s batch step: ``(summed loss, correct predictions)``."""
-        loss, pred = self.forward_backward(X, y, ctx)
+    def batch_step(self, X, y, ctx, loss_scale=None):
+        """``train_ch_facerec``'s batch step: ``(summed loss, correct predictions)``;
+        ``loss_scale``: float16's LossScale (gradients of the loss times its scale)."""
+        loss, pred = self.forward_backward(X, y, ctx, loss_scale.scale if loss_scale else 1.0)
         correct = (pred == y.as_in_ctx(pred.ctx).astype('int64')).sum()
         return float(loss.sum()), int(correct)
 
@@ -259,10 +260,11 @@ class ModelParallelTrainer:
     ``set_learning_rate``, ``save_states`` and ``load_states`` act on all of them.
     """
 
-    def __init__(self, model, optimizer='sgd', optimizer_params=None, kvstore='device'):
+    def __init__(self, model, optimizer='sgd', optimizer_params=None, kvstore='device',
+                 update_on_kvstore=None):
         params = dict(optimizer_params or {})
         self.trainers = [gluon.Trainer(model.net.collect_params(), optimizer, dict(params),
-                                       kvstore=kvstore)]
+                                       kvstore=kvstore, update_on_kvstore=update_on_kvstore)]
         self.trainers += [gluon.Trainer(c.collect_params(), optimizer, dict(params), kvstore=None)
                           for c in model.cls_nets]
 
@@ -277,6 +279,20 @@ class ModelParallelTrainer:
     def step(self, batch_size, ignore_stale_grad=False):
         for t in self.trainers:
             t.step(batch_size, ignore_stale_grad)
+
+    @property
+    def _params(self):
+        return [p for t in self.trainers for p in t._params]
+
+    def allreduce_grads(self):
+        """Sum the gradients over the devices (float16 loss scaling checks them before
+        ``update``)."""
+        for t in self.trainers:
+            t.allreduce_grads()
+
+    def update(self, batch_size, ignore_stale_grad=False):
+        for t in self.trainers:
+            t.update(batch_size, ignore_stale_grad)
 
     def save_states(self, fname):
         """All trainers' states in one file (a pickled list of gluon.Trainer state files)."""
@@ -310,7 +326,7 @@ class ModelParallelTrainer:
 
 def train_ch_facerec_parall(net, cls_nets, loader, num_epochs, ctx, lr=0.1, wd=5e-4,
                             momentum=0.9, trainer=None, test_net=None, hybridize=True,
-                            optimizer='sgd', **kwargs):
+                            optimizer='sgd', amp=False, **kwargs):
     """Train ``net`` (embeddings, data parallel over ``ctx``) with fc7 split into ``cls_nets``.
 
     The sibling chapter's call ``train_ch_facerec_parall(net, cls_nets, loader, num_epochs,
@@ -329,9 +345,11 @@ def train_ch_facerec_parall(net, cls_nets, loader, num_epochs, ctx, lr=0.1, wd=5
         params = {'learning_rate': lr, 'wd': wd}
         if momentum:
             params['momentum'] = momentum
-        trainer = ModelParallelTrainer(model, optimizer, params)
+        # float16 loss scaling sums the gradients and updates in two steps (amp on GPUs).
+        trainer = ModelParallelTrainer(model, optimizer, params,
+                                       update_on_kvstore=False if amp else None)
     if kwargs.get('val_set') and test_net is None:
         test_net = make_test_net(net)
     return train_ch_facerec(model, loader, None, trainer, num_epochs, ctx, test_net=test_net,
-                            hybridize=hybridize,
+                            hybridize=hybridize, amp=amp,
                             batch_step=functools.partial(model.batch_step, ctx=ctx), **kwargs)

@@ -26,8 +26,9 @@ from .errors import ConfigError, DownloadError
 from .hub import download_extract
 from .inference import export_embedding_net
 from .margin import MARGIN_PRESETS, SoftmaxBlock, adacos_fixed_scale
-from .model import CHAPTER_DROPOUT, TrainBlock
+from .model import CHAPTER_DROPOUT, TrainBlock, set_compute_dtype
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
+from .precision import amp_dtype
 from .pretrained import load_backbone
 from .schedules import TrainSchedule
 from .plotting import plot_history, plot_roc
@@ -217,12 +218,14 @@ def _train(c, ctx, kv, group, log):
     net.collect_params().reset_ctx(ctx)
     if c.pretrained and not (c.resume and ckpt.latest_checkpoint(options['checkpoint_dir'])):
         log('backbone from %s' % load_backbone(net, c.pretrained))
+    options['amp'] = c.amp
     if c.model_parallel:
         history = train_ch_facerec_parall(net, cls_nets, loader, c.epochs, ctx, lr=c.lr,
                                           wd=c.wd, momentum=c.momentum, optimizer=optimizer,
                                           **options)
     else:
-        trainer = create_trainer(net.collect_params(), optimizer, optimizer_params, kv)
+        trainer = create_trainer(net.collect_params(), optimizer, optimizer_params, kv,
+                                 loss_scaling=c.amp and amp_dtype(ctx)[0] == 'float16')
         history = train_ch_facerec(net, loader, gluon.loss.SoftmaxCrossEntropyLoss(), trainer,
                                    c.epochs, ctx, **options)
     num_layers, loss, output, batch_size = c.num_layers, c.loss, c.output, c.batch_size
@@ -233,6 +236,8 @@ def _train(c, ctx, kv, group, log):
     plot_history(history, os.path.join(output, 'curves.png'), title='FaceResNet-%d, %s'
                  % (num_layers, loss))
     test_net = make_test_net(net)
+    if c.amp and amp_dtype(ctx)[0] != 'float32':
+        set_compute_dtype(test_net, amp_dtype(ctx)[0])  # as verified during training
     test_net.hybridize(static_alloc=True, static_shape=True)
     results = {}
     pixels = {}

@@ -20,6 +20,8 @@ from .distributed import WorkerGroup
 from .devices import as_contexts
 from .errors import CheckpointError, TrainingDivergedError
 from .margin import head_state
+from .model import set_compute_dtype
+from .precision import LossScale, amp_dtype
 from .schedules import TrainSchedule
 
 __all__ = ['train_ch_facerec', 'lr_at_epoch', 'forward_backward', 'data_parallel_step',
@@ -32,28 +34,30 @@ def lr_at_epoch(base_lr, epoch, lr_steps=(), factor=0.1):
     return TrainSchedule(base_lr, None, lr_steps=lr_steps, lr_factor=factor).lr(epoch)
 
 
-def forward_backward(net, loss, X, y, ctx):
+def forward_backward(net, loss, X, y, ctx, loss_scale=1.0):
     """Split a batch over ``ctx``, run forward + backward on each device.
 
-    Returns ``(losses, outputs, labels)``, one array per device; gradients are left in the
-    parameters for ``trainer.step``.
+    Returns ``(losses, outputs, labels)``, one array per device; gradients (of the losses times
+    ``loss_scale``, for float16 training) are left in the parameters for ``trainer.step``.
     """
     Xs = gluon.utils.split_and_load(X, ctx, batch_axis=0, even_split=False)
     ys = gluon.utils.split_and_load(y, ctx, batch_axis=0, even_split=False)
     with autograd.record():
         outs = [net(x, t) for x, t in zip(Xs, ys)]
         losses = [loss(o, t) for o, t in zip(outs, ys)]
-    autograd.backward(losses)
+        scaled = losses if loss_scale == 1.0 else [l * loss_scale for l in losses]
+    autograd.backward(scaled)
     return losses, outs, ys
 
 
-def data_parallel_step(net, loss, ctx, X, y):
+def data_parallel_step(net, loss, ctx, X, y, loss_scale=None):
     """train_ch_facerec's default batch step: ``forward_backward`` over ``ctx``, then, for a
     margin head with a dynamic AdaCos scale, the scale update from the batch's logits.
 
     Returns ``(summed loss, number of correct argmax predictions)`` as Python numbers.
     """
-    losses, outs, ys = forward_backward(net, loss, X, y, ctx)
+    losses, outs, ys = forward_backward(net, loss, X, y, ctx,
+                                        loss_scale.scale if loss_scale else 1.0)
     head = getattr(net, 'margin_block', None)
     if getattr(head, 'adaptive_scale', False):  # dynamic AdaCos: the scale of the next step
         head.update_scale(outs, ys)
@@ -135,7 +139,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                      verify_every=1, lr_steps=None, lr_factor=0.1, checkpoint_dir=None,
                      resume=False, keep_last=2, hybridize=True, progress=True, animator=None,
                      log=print, is_master=None, verify_batch_size=None, batch_step=None,
-                     schedule=None):
+                     schedule=None, amp=False):
     """Train ``net`` (blocks called as ``net(X, y) -> logits``) for ``num_epochs`` epochs.
 
     The chapter's call ``train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx)`` works
@@ -143,7 +147,9 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     ``verify_every`` epochs with ``test_net`` (built from a TrainBlock when omitted);
     ``lr_steps`` (0-based epochs at which the LR is multiplied by ``lr_factor``), or
     ``schedule`` (a :class:`~gluon_arcface.schedules.TrainSchedule`: LR warm-up and cosine
-    decay, margin warm-up, backbone freezing; applied before every step);
+    decay, margin warm-up, backbone freezing; applied before every step); ``amp``: mixed
+    precision (``precision.amp_dtype``: bfloat16 on CPUs that have it, float16 with dynamic
+    loss scaling on GPUs; float16 needs a Trainer with ``update_on_kvstore=False``);
     ``checkpoint_dir`` (parameters + trainer state after each epoch, ``best.params`` for the
     best mean verification accuracy) and ``resume`` (continue from its latest checkpoint).
     A NaN/inf loss raises TrainingDivergedError before the update is applied; Ctrl-C saves a
@@ -155,7 +161,8 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     is the mean gradient over all workers' batches (``trainer.step(batch * workers)``), the
     BatchNorm statistics are averaged over the workers after each epoch and the history's loss,
     accuracy and samples/s count all workers. ``batch_step(X, y) -> (summed loss, correct)``
-    replaces the forward and backward pass (default: ``data_parallel_step`` with ``loss``).
+    replaces the forward and backward pass (default: ``data_parallel_step`` with ``loss``); with
+    float16 it is also given ``loss_scale=`` (a LossScale).
 
     Returns the history: ``{'epochs': [{'epoch', 'loss', 'train_acc', 'samples_per_sec',
     'seconds', 'lr', 'verification'?}, ...]}``.
@@ -166,13 +173,19 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     group.check_lr_steps(lr_steps)
     is_master = group.is_master if is_master is None else is_master
     states_trainer = group.checkpoint_trainer(trainer)
+    precision = _mixed_precision(net, ctx, log) if amp else None
+    loss_scale = LossScale() if precision == 'float16' else None
     batch_step = batch_step or functools.partial(data_parallel_step, net, loss, ctx)
+    if loss_scale is not None:
+        batch_step = functools.partial(batch_step, loss_scale=loss_scale)
     log = log if is_master else (lambda *a, **k: None)
     if hybridize and isinstance(net, gluon.HybridBlock):
         net.hybridize(static_alloc=True, static_shape=True)
     verify_targets = dict(val_set or {}) if is_master else {}
     if verify_targets and test_net is None:
         test_net = make_test_net(net)
+    if verify_targets and precision:
+        set_compute_dtype(test_net, precision)  # verification in the same precision
     if verify_targets and hybridize and isinstance(test_net, gluon.HybridBlock):
         test_net.hybridize(static_alloc=True, static_shape=True)
     if schedule is None:
@@ -217,7 +230,11 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                         % (batch_loss, epoch + 1, batch + 1, trainer.learning_rate,
                            'The last good checkpoint is in %s.' % checkpoint_dir
                            if checkpoint_dir else ''))
-                trainer.step(X.shape[0] * group.grad_scale)
+                if loss_scale is None:
+                    trainer.step(X.shape[0] * group.grad_scale)
+                elif not loss_scale.step(trainer, X.shape[0] * group.grad_scale):
+                    log('amp: gradients overflowed at epoch %d, batch %d: update skipped, loss '
+                        'scale now %g' % (epoch + 1, batch + 1, loss_scale.scale))
                 loss_sum += batch_loss
                 correct += batch_correct
                 seen += X.shape[0]
@@ -261,6 +278,19 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                                                              targets=record['verification']))
             save(epoch + 1)
     return history
+
+
+def _mixed_precision(net, ctx, log):
+    """Switch ``net``'s backbone to the devices' low-precision type; returns it (or None)."""
+    dtype, note = amp_dtype(ctx)
+    if note:
+        log(note)
+        return None
+    set_compute_dtype(net, dtype)
+    log('amp: the backbone computes in %s (float32 master weights, BatchNorm statistics, '
+        'embedding layer, margin head and loss)%s'
+        % (dtype, '; dynamic loss scaling' if dtype == 'float16' else ''))
+    return dtype
 
 
 def _report_skips(loader, record, reported, log):

@@ -92,7 +92,8 @@ def _host(array):
     return array.asnumpy() if hasattr(array, 'asnumpy') else np.asarray(array)
 
 
-def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, normalize=False):
+def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, normalize=False,
+                       dtype=None):
     """The embeddings of a set of images: the sum over the views, (N, D) float64 numpy.
 
     The one embedding path of the package: verification, ``test_face_11``, ``get_embedding``,
@@ -107,11 +108,16 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, norm
     fusion on CPU; same embeddings within float tolerance), made afresh for this call (about a
     second for FaceResNet-18: worth it for a verification set, not for a few photos).
     ``normalize``: divide each row by its L2 norm (as every comparison of faces does).
+    ``dtype``: the compute dtype of the fast copies ('bfloat16' on CPUs with AVX512-BF16 or
+    AMX; default: ``net``'s, see ``model.set_compute_dtype``); needs ``fast``.
     """
     from .model import inference_nets
     data_list = _views(data_list)
     ctx = as_contexts(ctx, net)
-    nets = (inference_nets(net, ctx, data_list[0].shape) if fast else [net] * len(ctx))
+    if dtype is not None and not fast:
+        raise ValueError('compute_embeddings: dtype=%r needs fast=True (an inference copy)'
+                         % dtype)
+    nets = (inference_nets(net, ctx, data_list[0].shape, dtype) if fast else [net] * len(ctx))
     if batch_size < 1:
         raise ValueError(f'batch_size must be positive, got {batch_size!r}')
     n = data_list[0].shape[0]
