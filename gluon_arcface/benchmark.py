@@ -1,10 +1,11 @@
-"""Throughput measurements behind ``scripts/benchmark.py``: training step, verification inference
-and the data loader, with PyTorch side by side when it is installed (it is not a dependency).
+"""Throughput measurements behind ``scripts/benchmark.py``: training step, verification inference,
+the data loader and peak memory, with PyTorch side by side when it is installed (it is not a
+dependency; :mod:`gluon_arcface.torch_reference` holds its network).
 
-Every figure is images per second. Cases that are compared run in the same process, their timing
-windows interleaved round by round (A B C A B C ...), so that load from other processes on a
-shared machine slows all of them alike; the report gives the median over the rounds, and each
-ratio is the median of the per-round ratios.
+Every figure is images per second unless said otherwise. Cases that are compared run in the
+same process, their timing windows interleaved round by round (A B C A B C ...), so that load
+from other processes on a shared machine slows all of them alike; the report gives the median
+over the rounds, and each ratio is the median of the per-round ratios.
 
 Training cases (one SGD step on a fixed batch, FaceResNet + ArcFace head, softmax cross-entropy):
 
@@ -13,13 +14,18 @@ Training cases (one SGD step on a fixed batch, FaceResNet + ArcFace head, softma
 - ``mx_default``: what ``train_ch_facerec`` does with a ``TrainBlock``: the package's blocks
   (``fast=True``), hybridized with static_alloc/static_shape, ``split_and_load``, forward +
   backward, loss read back, ``trainer.step``;
-- ``torch_nchw`` / ``torch_channels_last``: the same network in PyTorch.
+- ``mx_amp``: the same with ``amp=True`` (backbone in bfloat16, ``model.set_compute_dtype``);
+- ``torch_nchw`` / ``torch_channels_last``: the same network in PyTorch, float32;
+  ``torch_bf16_channels_last``: its backbone under ``torch.autocast('cpu', torch.bfloat16)``.
 
 Inference cases (embeddings of a batch in predict mode): ``mx_imperative`` and
 ``mx_hybridized`` (the plain blocks, imperative and hybridized with static_alloc/static_shape),
 ``mx_default`` (the package's blocks, hybridized likewise), ``mx_fast`` (:func:`inference_net`,
-the fastest correct path, which ``compute_embeddings`` uses) and ``torch_channels_last`` (eval
-mode, no_grad).
+the fastest correct path, which ``compute_embeddings`` uses), ``mx_fast_amp`` (the same in
+bfloat16), ``torch_channels_last`` and ``torch_bf16_channels_last`` (eval mode, no_grad).
+
+Memory: the peak resident memory a training step adds to a process (``VmHWM`` after a few
+steps minus the resident memory once the libraries are loaded), each case in a fresh process.
 """
 import os
 import statistics
@@ -32,46 +38,22 @@ import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet import np as mnp
 
-from .model import CHANNELS, BN_EPS, PRELU_INIT, STANDARDIZE_EPS, TestBlock, TrainBlock, \
-    faceresnet_spec, inference_net
-from .margin import COS_CLIP, NORM_EPS
+from . import torch_reference
 from .datasets import read_facerec_meta
 from .devices import as_contexts
+from .model import TestBlock, TrainBlock, inference_net, set_compute_dtype
 from .threads import thread_info
 
-__all__ = ['TRAIN_CASES', 'INFER_CASES', 'torch_available', 'interleaved', 'mx_train_case',
-           'torch_train_case', 'mx_infer_case', 'torch_infer_case', 'make_rec_dataset',
+__all__ = ['TRAIN_CASES', 'INFER_CASES', 'MEMORY_CASES', 'interleaved', 'mx_train_case',
+           'mx_infer_case', 'memory_case', 'make_rec_dataset',
            'loader_throughput', 'run_benchmark', 'format_report', 'machine_info']
 
-TRAIN_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'torch_nchw',
-               'torch_channels_last')
-INFER_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'mx_fast', 'torch_channels_last')
+TRAIN_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'mx_amp', 'torch_nchw',
+               'torch_channels_last', 'torch_bf16_channels_last')
+INFER_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'mx_fast', 'mx_fast_amp',
+               'torch_channels_last', 'torch_bf16_channels_last')
+MEMORY_CASES = ('mx_default', 'mx_amp', 'torch_channels_last', 'torch_bf16_channels_last')
 LR, WD = 0.1, 5e-4  # the chapter's plain SGD
-
-
-def torch_available():
-    """Whether PyTorch can be imported (the PyTorch columns are skipped otherwise)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-_TORCH_THREADS = {'n': None}
-
-
-def _torch(threads=None):
-    """Import torch with ``threads`` intra-op threads (default: the package's thread policy,
-    the count MXNet computes with).
-
-    MXNet sets the OpenMP thread count of the Python thread to 1 when it starts (its operators
-    run in its own engine threads), and torch, which shares the OpenMP runtime, would then run
-    on a single thread: set it explicitly.
-    """
-    import torch
-    torch.set_num_threads(threads or _TORCH_THREADS['n'] or thread_info()['compute_threads'])
-    return torch
 
 
 def machine_info():
@@ -82,8 +64,8 @@ def machine_info():
                 mxnet_threads=info['compute_threads'], threads_from=info['threads_from'],
                 avx512_bf16=info['avx512_bf16'], amx=info['amx'],
                 load_average=[round(v, 2) for v in load] if load else None)
-    if torch_available():
-        torch = _torch()
+    if torch_reference.available():
+        torch = torch_reference.torch_module()
         info['torch'] = torch.__version__
         info['torch_threads'] = torch.get_num_threads()
     return info
@@ -131,9 +113,11 @@ def mx_train_case(mode, num_layers=18, batch_size=32, image_size=112, num_classe
     """A training step of ``mode`` (see the module notes) -> ``step()`` (waits for the result)."""
     from . import training
     ctx = as_contexts(ctx)
-    fast = mode == 'mx_default'
+    fast = mode in ('mx_default', 'mx_amp')
     net = TrainBlock(num_layers, emb_size, num_classes, num_classes <= 20000, fast=fast)
     net.collect_params().reset_ctx(ctx)
+    if mode == 'mx_amp':
+        set_compute_dtype(net, 'bfloat16')
     if mode != 'mx_imperative':
         net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': LR, 'wd': WD})
@@ -180,126 +164,18 @@ def mx_infer_case(mode, num_layers=18, batch_size=64, image_size=112, emb_size=2
     ctx = as_contexts(ctx)[0]
     if net is None:
         net = _trained_test_net(num_layers, emb_size, image_size,
-                                mode in ('mx_default', 'mx_fast'), ctx)
+                                mode in ('mx_default', 'mx_fast', 'mx_fast_amp'), ctx)
     if mode in ('mx_hybridized', 'mx_default'):
         net.hybridize(static_alloc=True, static_shape=True)
-    elif mode == 'mx_fast':
-        net = inference_net(net, (batch_size, 3, image_size, image_size), ctx=ctx)
+    elif mode in ('mx_fast', 'mx_fast_amp'):
+        net = inference_net(net, (batch_size, 3, image_size, image_size), ctx=ctx,
+                            dtype='bfloat16' if mode == 'mx_fast_amp' else 'float32')
     X = mnp.array(_batch(batch_size, image_size, 1)[0], ctx=ctx)
 
     def step():
         with autograd.predict_mode():
             return net(X).asnumpy()
     return step, net
-
-
-# ---------------------------------------------------------------------------- PyTorch cases
-
-def _torch_modules():
-    """The FaceResNet of gluon_arcface.model and the ArcFace TrainBlock, in PyTorch."""
-    import torch
-    from torch import nn
-    import torch.nn.functional as F
-
-    class Block(nn.Module):  # BasicBlockV3
-        def __init__(self, in_channels, channels, stride, downsample):
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.BatchNorm2d(in_channels, eps=BN_EPS),
-                nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(channels, eps=BN_EPS), nn.PReLU(channels, PRELU_INIT),
-                nn.Conv2d(channels, channels, 3, stride, 1, bias=False),
-                nn.BatchNorm2d(channels, eps=BN_EPS))
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride, bias=False),
-                nn.BatchNorm2d(channels, eps=BN_EPS)) if downsample else None
-
-        def forward(self, x):
-            residual = self.downsample(x) if self.downsample is not None else x
-            return self.body(x) + residual
-
-    class FaceResNet(nn.Module):
-        def __init__(self, units, emb_size, use_dropout, image_size):
-            super().__init__()
-            layers = [nn.Conv2d(3, CHANNELS[0], 3, 1, 1, bias=False),
-                      nn.BatchNorm2d(CHANNELS[0], eps=BN_EPS), nn.PReLU(CHANNELS[0], PRELU_INIT)]
-            in_channels = CHANNELS[0]
-            for num_units, channels in zip(units, CHANNELS):
-                layers.append(Block(in_channels, channels, 2, True))
-                layers += [Block(channels, channels, 1, False) for _ in range(num_units - 1)]
-                in_channels = channels
-            self.features = nn.Sequential(*layers)
-            side = image_size // 16
-            self.output = nn.Sequential(
-                nn.BatchNorm2d(in_channels, eps=BN_EPS),
-                *([nn.Dropout(0.4)] if use_dropout else []), nn.Flatten(),
-                nn.Linear(in_channels * side * side, emb_size))
-
-        def forward(self, x):
-            return self.output(self.features(x))
-
-    class ArcFaceTrainNet(nn.Module):  # TrainBlock with ArcMarginBlock (s=64, m=0.5)
-        def __init__(self, units, emb_size, num_classes, use_dropout, image_size):
-            super().__init__()
-            self.feat_net = FaceResNet(units, emb_size, use_dropout, image_size)
-            self.fc7_weight = nn.Parameter(torch.randn(num_classes, emb_size) * 0.01)
-
-        def forward(self, x, y):
-            feat = self.feat_net(x)
-            feat = (feat - feat.mean(0)) / torch.sqrt(feat.var(0, unbiased=False)
-                                                      + STANDARDIZE_EPS)
-            x_n = feat / (feat.norm(dim=1, keepdim=True) + NORM_EPS)
-            w_n = self.fc7_weight / (self.fc7_weight.norm(dim=1, keepdim=True) + NORM_EPS)
-            cos_t = x_n @ w_n.t()
-            target = cos_t.gather(1, y[:, None])
-            new_target = torch.cos(torch.acos(target.clamp(-COS_CLIP, COS_CLIP)) + 0.5)
-            mask = F.one_hot(y, cos_t.shape[1]).to(cos_t.dtype)
-            return (cos_t + mask * (new_target - target)) * 64.0
-
-    return FaceResNet, ArcFaceTrainNet
-
-
-def torch_train_case(channels_last, num_layers=18, batch_size=32, image_size=112,
-                     num_classes=300, emb_size=256):
-    """The same SGD step in PyTorch (CPU) -> ``step()``."""
-    torch = _torch()
-    import torch.nn.functional as F
-    _, ArcFaceTrainNet = _torch_modules()
-    torch.manual_seed(0)
-    net = ArcFaceTrainNet(faceresnet_spec(num_layers), emb_size, num_classes,
-                          num_classes <= 20000, image_size)
-    X, y = _batch(batch_size, image_size, num_classes)
-    X, y = torch.from_numpy(X), torch.from_numpy(y).long()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        X = X.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=WD)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(X, y), y, reduction='sum') / batch_size
-        loss.backward()
-        loss.item()
-        optimizer.step()
-    return step
-
-
-def torch_infer_case(channels_last=True, num_layers=18, batch_size=64, image_size=112,
-                     emb_size=256):
-    """PyTorch embeddings of one batch (eval mode, no_grad) -> ``step()``."""
-    torch = _torch()
-    FaceResNet, _ = _torch_modules()
-    torch.manual_seed(0)
-    net = FaceResNet(faceresnet_spec(num_layers), emb_size, False, image_size).eval()
-    X = torch.from_numpy(_batch(batch_size, image_size, 1)[0])
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        X = X.contiguous(memory_format=torch.channels_last)
-
-    def step():
-        with torch.no_grad():
-            return net(X).numpy()
-    return step
 
 
 # ---------------------------------------------------------------------------- data loader
@@ -342,11 +218,14 @@ def make_rec_dataset(folder, num_images=2048, image_size=112, num_classes=64, qu
     return folder
 
 
-def loader_throughput(data_dir, batch_size=32, num_workers=2, max_batches=None, epochs=1):
-    """Images/s of iterating ``load_data_face_rec(data_dir)`` (decode, flip, batch), best of
-    ``epochs`` passes (the first pass also warms the file cache)."""
+def loader_throughput(data_dir, batch_size=32, num_workers=2, max_batches=None, epochs=1,
+                      augment='flip'):
+    """Images/s of iterating ``load_data_face_rec(data_dir)`` (decode, augment with the preset
+    ``augment``, batch), best of ``epochs`` passes (the first also warms the file cache)."""
+    from .augment import AUGMENT_PRESETS
     from .datasets import load_data_face_rec
-    loader, _ = load_data_face_rec(data_dir, [], batch_size, num_workers=num_workers)
+    loader, _ = load_data_face_rec(data_dir, [], batch_size, num_workers=num_workers,
+                                   augment=AUGMENT_PRESETS[augment], seed=0)
     best = 0.0
     for _ in range(epochs):
         images, start = 0, time.perf_counter()
@@ -361,18 +240,67 @@ def loader_throughput(data_dir, batch_size=32, num_workers=2, max_batches=None, 
 
 # ---------------------------------------------------------------------------- the report
 
+def _train_step(name, batch_size, num_classes, shape):
+    if name.startswith('torch'):
+        return torch_reference.train_case(name != 'torch_nchw', 'bf16' in name,
+                                          batch_size=batch_size, num_classes=num_classes,
+                                          **shape)
+    return mx_train_case(name, batch_size=batch_size, num_classes=num_classes, **shape)
+
+
+def memory_case(name, batch_size=32, num_classes=300, num_layers=18, image_size=112,
+                emb_size=256, steps=3):
+    """Peak resident memory (MB) a training step of case ``name`` adds to a fresh process:
+    ``VmHWM`` after ``steps`` steps minus ``VmRSS`` once the libraries are loaded (Linux)."""
+    import json
+    import subprocess
+    import sys
+    code = ('import json, gluon_arcface.benchmark as b; print(json.dumps(b._memory_child(%r, '
+            '%d, %d, %d, %d, %d, %d)))' % (name, batch_size, num_classes, num_layers, image_size,
+                                          emb_size, steps))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=1800)
+    if out.returncode:
+        raise RuntimeError('memory case %s failed: %s' % (name, out.stderr[-500:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _status_mb(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError('no %s in /proc/self/status' % field)
+
+
+def _memory_child(name, batch_size, num_classes, num_layers, image_size, emb_size, steps):
+    if name.startswith('torch'):
+        torch_reference.torch_module()  # load torch before the baseline
+    base = _status_mb('VmRSS')
+    step = _train_step(name, batch_size, num_classes, dict(num_layers=num_layers,
+                                                           image_size=image_size,
+                                                           emb_size=emb_size))
+    for _ in range(steps):
+        step()
+    return _status_mb('VmHWM') - base
+
+
 def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300, emb_size=256,
                   infer_batch_size=64, rounds=3, window=2, train_cases=TRAIN_CASES,
-                  infer_cases=INFER_CASES, loader=True, loader_images=2048, loader_workers=2,
-                  data_dir=None, threads=None, log=print):
+                  infer_cases=INFER_CASES, memory_cases=MEMORY_CASES, loader=True,
+                  loader_images=2048, loader_workers=None, data_dir=None, threads=None,
+                  log=print):
     """Measure everything; returns a dict (see ``format_report``).
 
     ``threads``: PyTorch's intra-op threads (default: as many as MXNet's). MXNet's OpenMP
     threads are fixed when it loads (the package's thread policy; scripts/benchmark.py
-    --threads sets both).
+    --threads sets both). ``loader_workers``: decoding threads (default: what training uses,
+    ``threads.decoding_workers``). The loader is timed with the chapter's flip and with the
+    'standard' augmentation.
     """
-    _TORCH_THREADS['n'] = threads
-    use_torch = torch_available()
+    from .threads import decoding_workers
+    torch_reference.set_threads(threads)
+    use_torch = torch_reference.available()
     result = dict(config=dict(num_layers=num_layers, batch_size=batch_size,
                               image_size=image_size, num_classes=num_classes,
                               emb_size=emb_size, infer_batch_size=infer_batch_size,
@@ -389,34 +317,35 @@ def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300,
         return out
 
     train_cases, infer_cases = keep(train_cases or ()), keep(infer_cases or ())
+    memory_cases = keep(memory_cases or ())
     shape = dict(num_layers=num_layers, image_size=image_size, emb_size=emb_size)
     if train_cases:
         log('training: FaceResNet-%d, batch %d, %dx%d, %d classes: %s'
             % (num_layers, batch_size, image_size, image_size, num_classes,
                ', '.join(train_cases)))
-        cases = {}
-        for name in train_cases:
-            if name.startswith('torch'):
-                step = torch_train_case(name == 'torch_channels_last', batch_size=batch_size,
-                                        num_classes=num_classes, **shape)
-            else:
-                step = mx_train_case(name, batch_size=batch_size, num_classes=num_classes,
-                                     **shape)
-            cases[name] = (step, batch_size)
+        cases = {name: (_train_step(name, batch_size, num_classes, shape), batch_size)
+                 for name in train_cases}
         result['train'] = interleaved(cases, rounds, window)
         del cases
     if infer_cases:
         log('inference: batch %d: %s' % (infer_batch_size, ', '.join(infer_cases)))
-        cases, outputs = {}, {}
+        cases = {}
         for name in infer_cases:
             if name.startswith('torch'):
-                step = torch_infer_case(True, batch_size=infer_batch_size, **shape)
+                step = torch_reference.infer_case(True, 'bf16' in name,
+                                                  batch_size=infer_batch_size, **shape)
             else:
                 step, _ = mx_infer_case(name, batch_size=infer_batch_size, **shape)
             cases[name] = (step, infer_batch_size)
         result['infer'] = interleaved(cases, rounds, window)
-        del cases, outputs
+        del cases
+    if memory_cases:
+        log('memory: peak resident memory of a training step, each case in a fresh process: %s'
+            % ', '.join(memory_cases))
+        result['memory'] = {name: memory_case(name, batch_size, num_classes, **shape)
+                            for name in memory_cases}
     if loader:
+        workers = loader_workers or decoding_workers()
         tmp = None
         if data_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix='gaf-bench-')
@@ -424,13 +353,15 @@ def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300,
                                                             image_size, tmp.name))
             data_dir = make_rec_dataset(tmp.name, loader_images, image_size)
         try:
-            rate = loader_throughput(data_dir, batch_size, loader_workers, epochs=2)
+            rates = {augment: loader_throughput(data_dir, batch_size, workers, epochs=2,
+                                                augment=augment)
+                     for augment in ('flip', 'standard')}
         finally:
             if tmp is not None:
                 tmp.cleanup()
         size = read_facerec_meta(data_dir)[0] if tmp is None else (image_size, image_size)
-        result['loader'] = dict(images_per_sec=rate, data_dir=None if tmp else data_dir,
-                                workers=loader_workers, image_size=list(size))
+        result['loader'] = dict(images_per_sec=rates, data_dir=None if tmp else data_dir,
+                                workers=workers, image_size=list(size))
     result['machine']['load_average_after'] = machine_info()['load_average']
     return result
 
@@ -446,20 +377,26 @@ def summarize(result):
     train, infer = result.get('train') or {}, result.get('infer') or {}
     ratios = {}
     for num, den in [('mx_default', 'torch_channels_last'), ('mx_default', 'torch_nchw'),
+                     ('mx_amp', 'torch_channels_last'), ('mx_amp', 'torch_bf16_channels_last'),
+                     ('mx_amp', 'mx_default'),
+                     ('torch_bf16_channels_last', 'torch_channels_last'),
                      ('mx_default', 'mx_hybridized'), ('mx_default', 'mx_imperative'),
                      ('mx_hybridized', 'mx_imperative')]:
         r = _median_ratio(train, num, den)
         if r is not None:
             ratios['train %s / %s' % (num, den)] = r
     for num, den in [('mx_fast', 'mx_imperative'), ('mx_fast', 'mx_hybridized'),
-                     ('mx_fast', 'mx_default'), ('mx_fast', 'torch_channels_last')]:
+                     ('mx_fast', 'mx_default'), ('mx_fast', 'torch_channels_last'),
+                     ('mx_fast_amp', 'torch_channels_last'), ('mx_fast_amp', 'mx_fast'),
+                     ('mx_fast_amp', 'torch_bf16_channels_last')]:
         r = _median_ratio(infer, num, den)
         if r is not None:
             ratios['inference %s / %s' % (num, den)] = r
     if 'loader' in result and 'train' in out:
         best = max(out['train'].get(n, 0) for n in out['train'] if n.startswith('mx'))
-        ratios['loader / training (mx_default)'] = (
-            result['loader']['images_per_sec'] / out['train'].get('mx_default', best))
+        for augment, rate in result['loader']['images_per_sec'].items():
+            ratios['loader (%s) / training (mx_default)' % augment] = (
+                rate / out['train'].get('mx_default', best))
     out['ratios'] = ratios
     return out
 
@@ -484,12 +421,15 @@ def format_report(result):
     for part, title in (('train', 'training step'), ('infer', 'inference')):
         for name, rate in (s.get(part) or {}).items():
             lines.append('| %s | %s | %.1f |' % (title, name, rate))
+    for name, mb in (result.get('memory') or {}).items():
+        lines.append('| training step peak memory (MB) | %s | %.0f |' % (name, mb))
     if 'loader' in result:
         ld = result['loader']
-        lines.append('| data loader | load_data_face_rec, %d workers, %dx%d JPEG .rec%s | %.0f |'
-                     % ((ld['workers'],) + tuple(ld['image_size'])
-                        + (' (%s)' % ld['data_dir'] if ld['data_dir'] else '',
-                           ld['images_per_sec'])))
+        for augment, rate in ld['images_per_sec'].items():
+            lines.append('| data loader | load_data_face_rec, augment %s, %d workers, %dx%d '
+                         'JPEG .rec%s | %.0f |'
+                         % ((augment, ld['workers']) + tuple(ld['image_size'])
+                            + (' (%s)' % ld['data_dir'] if ld['data_dir'] else '', rate)))
     if s['ratios']:
         lines += ['', '| ratio | value |', '| --- | ---: |']
         lines += ['| %s | %.2f |' % (k, v) for k, v in s['ratios'].items()]

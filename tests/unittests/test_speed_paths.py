@@ -264,19 +264,23 @@ def test_inference_net_rejects_other_blocks():
 
 
 def test_benchmark_runs_without_torch(monkeypatch):
-    monkeypatch.setattr(benchmark, 'torch_available', lambda: False)
+    monkeypatch.setattr(benchmark.torch_reference, 'available', lambda: False)
     result = benchmark.run_benchmark(
         num_layers=18, batch_size=2, image_size=16, num_classes=5, emb_size=8,
         infer_batch_size=2, rounds=1, window=1, train_cases=('mx_hybridized', 'mx_default',
                                                              'torch_channels_last'),
-        infer_cases=('mx_imperative', 'mx_fast'), loader_images=32, log=lambda *a: None)
+        infer_cases=('mx_imperative', 'mx_fast'), memory_cases=('mx_default',),
+        loader_images=32, log=lambda *a: None)
     assert set(result['train']) == {'mx_hybridized', 'mx_default'}
     assert result['skipped'] == ['torch_channels_last (PyTorch not installed)']
-    assert result['loader']['images_per_sec'] > 0
+    assert set(result['loader']['images_per_sec']) == {'flip', 'standard'}
+    assert min(result['loader']['images_per_sec'].values()) > 0
+    assert result['memory']['mx_default'] > 0  # MB a step adds, from a fresh process
     report = benchmark.format_report(result)
     assert '| training step | mx_default |' in report
+    assert '| training step peak memory (MB) | mx_default |' in report
     assert 'inference mx_fast / mx_imperative' in report
-    assert 'loader / training (mx_default)' in report
+    assert 'loader (standard) / training (mx_default)' in report
 
 
 def test_rec_dataset_for_the_loader(tmp_path):
