@@ -7,6 +7,11 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# ONNX export and onnxruntime: versions that run with numpy 1.23.5 on Python 3.8-3.11 (onnx >=
+# 1.19 drops onnx.mapping, which MXNet's exporter imports; onnxruntime 1.20 drops Python 3.8).
+ONNX = ['onnx==1.14.1', 'onnxruntime>=1.16,<1.20']
+
+
 def read_version():
     with open(os.path.join(HERE, 'gluon_arcface', '__init__.py'), encoding='utf-8') as f:
         return re.search(r"^__version__ = '([^']+)'", f.read(), re.M).group(1)
@@ -39,7 +44,9 @@ setup(
         # The CPU and CUDA builds of MXNet are separate distributions providing the same module.
         'cpu': ['mxnet==1.9.1'],
         'cu112': ['mxnet-cu112==1.9.1'],
-        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'papermill', 'ipykernel', 'nbformat', 'ruff'],
+        'onnx': ONNX,
+        'test': ['pytest', 'pytest-timeout', 'hypothesis', 'papermill', 'ipykernel', 'nbformat',
+                 'ruff'] + ONNX,
     },
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -47,13 +47,15 @@ _EXPORTS = {
                  'ModelParallelTrainer', 'train_ch_facerec_parall', 'gather_head',
                  'scatter_head'],
     'inference': ['get_embedding', 'embed_images', 'embed_files', 'cosine_similarity',
-                  'compare_faces', 'export_embedding_net', 'load_embedding_net', 'FaceEmbedder'],
+                  'compare_faces', 'FaceEmbedder'],
+    'interop': ['export_embedding_net', 'load_embedding_net', 'export_onnx', 'load_onnx',
+                'faceresnet_from_insightface', 'PixelRange'],
     'plotting': ['plot_history', 'plot_face_grid', 'plot_roc'],
     'threads': ['configure_threads', 'thread_info'],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _MODULES = ('align', 'augment', 'benchmark', 'binfile', 'checkpoint', 'cli', 'config', 'datasets',
-            'devices', 'distributed', 'errors', 'fileio', 'hub', 'images', 'inference',
+            'devices', 'distributed', 'errors', 'fileio', 'hub', 'images', 'inference', 'interop',
             'launcher', 'margin', 'model', 'parallel', 'plotting', 'prepare', 'pretrained',
             'recipe', 'recordio', 'schedules', 'synthetic', 'threads', 'training', 'verification')
 

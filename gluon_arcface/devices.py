@@ -40,7 +40,7 @@ def as_contexts(ctx=None, net=None):
     ``'cpu'``, ``'gpu:1'``, ``'cpu:0,cpu:1'``. Raises ConfigError for a name it cannot read.
     """
     if ctx is None or (isinstance(ctx, str) and not ctx.strip()):
-        found = _net_contexts(net) if net is not None else None
+        found = _net_contexts(net) if hasattr(net, 'collect_params') else None
         if found:
             return found
         count = mx.context.num_gpus()

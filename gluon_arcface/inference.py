@@ -6,21 +6,18 @@ Images go into the network exactly as in training and verification: RGB, (3, H, 
 verification protocols, so a threshold chosen by verification applies to ``compare_faces``.
 """
 import os
-import warnings
 
 import numpy as np
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
-from mxnet import autograd, gluon
 from mxnet import np as mnp
 
 from .images import decode_image, resize_face
-from .fileio import atomic_write
 from .devices import as_contexts
 from .errors import FaceDataError
 from .verification import compute_embeddings, l2_normalize
 
 __all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine_similarity',
-           'compare_faces', 'export_embedding_net', 'load_embedding_net', 'FaceEmbedder']
+           'compare_faces', 'FaceEmbedder']
 
 
 def get_embedding(img, net, ctx=None):
@@ -89,55 +86,6 @@ def compare_faces(img_a, img_b, net, threshold, ctx=None, image_size=(112, 112))
     return sim, sim > threshold
 
 
-def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0, dtype=None):
-    """Export a (hybridizable) embedding network for deployment: ``prefix-symbol.json`` and
-    ``prefix-%04d.params``. Returns the two paths. Input name ``data``, (N, 3, H, W) float32.
-    ``dtype`` 'bfloat16' exports a graph whose backbone computes in bfloat16 (float32 weights,
-    input and output; for CPUs with AVX512-BF16 or AMX); default: as ``net`` computes.
-    """
-    if not isinstance(net, gluon.HybridBlock):
-        raise TypeError('only a HybridBlock can be exported, got %s' % type(net).__name__)
-    if dtype is None:
-        return _export(net, prefix, image_size, epoch)
-    from .model import compute_dtype_of, set_compute_dtype
-    previous = compute_dtype_of(net)
-    set_compute_dtype(net, dtype)
-    try:
-        return _export(net, prefix, image_size, epoch)
-    finally:
-        set_compute_dtype(net, previous)
-
-
-def _export(net, prefix, image_size, epoch):
-    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
-    net.hybridize()
-    with autograd.predict_mode():
-        net(mnp.zeros((1, 3) + tuple(image_size), ctx=ctx))
-    folder = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(folder, exist_ok=True)
-    # Export under a temporary prefix, then rename both files into place.
-    with atomic_write(prefix + '-symbol.json') as tmp_sym, \
-            atomic_write(prefix + '-%04d.params' % epoch) as tmp_params:
-        tmp_prefix = tmp_sym + '.export'
-        # MXNet drops the casts of mixed precision when saving, unless told otherwise.
-        net.export(tmp_prefix, epoch=epoch, remove_amp_cast=False)
-        os.replace(tmp_prefix + '-symbol.json', tmp_sym)
-        os.replace(tmp_prefix + '-%04d.params' % epoch, tmp_params)
-    return prefix + '-symbol.json', prefix + '-%04d.params' % epoch
-
-
-def load_embedding_net(prefix, ctx=None, epoch=0):
-    """Load an exported embedding network as a ``gluon.SymbolBlock``."""
-    ctx = as_contexts(ctx)[0]
-    sym, params = prefix + '-symbol.json', prefix + '-%04d.params' % epoch
-    for path in (sym, params):
-        if not os.path.isfile(path):
-            raise FileNotFoundError('%s: exported model file not found' % path)
-    with warnings.catch_warnings():  # the input's dtype is only known at the first call
-        warnings.filterwarnings('ignore', message='Cannot decide type')
-        return gluon.SymbolBlock.imports(sym, ['data'], params, ctx=ctx)
-
-
 class FaceEmbedder:
     """An embedding network with its input size and decision threshold, ready to compare faces.
 
@@ -151,6 +99,7 @@ class FaceEmbedder:
 
     @classmethod
     def load(cls, prefix, image_size=(112, 112), threshold=None, ctx=None, epoch=0):
+        from .interop import load_embedding_net
         return cls(load_embedding_net(prefix, ctx, epoch), image_size, threshold, ctx)
 
     def embed(self, images):

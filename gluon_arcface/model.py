@@ -232,12 +232,16 @@ class FaceResNet(_Precision, nn.HybridBlock):
     the resolution, so 112x112 inputs end at 7x7x512 before the embedding head.
     ``use_dropout``: True for the chapter's Dropout(0.4) before the embedding layer, a number for
     another rate, False (or 0) for none. ``fast=False`` builds the plain blocks (``nn.PReLU``,
-    NumPy ``+``): same function, same parameters, slower on CPU.
+    NumPy ``+``): same function, same parameters, slower on CPU. ``input_norm``: ``(mean,
+    scale)``, the input becomes ``(x - mean) * scale`` first; a network mapped from InsightFace
+    (trained on ``(pixel - 127.5) / 128``) takes the package's [0, 1] images with (0.5, 1.9921875).
     """
 
-    def __init__(self, units, emb_size=256, use_dropout=False, fast=True, **kwargs):
+    def __init__(self, units, emb_size=256, use_dropout=False, fast=True, input_norm=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.emb_size, self.fast = emb_size, fast
+        self.input_norm = tuple(float(v) for v in input_norm) if input_norm else None
         with self.name_scope():
             self.features = nn.HybridSequential(prefix='')
             self.features.add(nn.Conv2D(CHANNELS[0], 3, 1, 1, use_bias=False, in_channels=3),
@@ -260,6 +264,8 @@ class FaceResNet(_Precision, nn.HybridBlock):
             self.output.add(nn.Flatten(), nn.Dense(emb_size))
 
     def hybrid_forward(self, F, x):
+        if self.input_norm:
+            x = (x - self.input_norm[0]) * self.input_norm[1]
         dtype = self.compute_dtype
         if dtype == 'float32':
             return self.output(self.features(x))
@@ -309,15 +315,15 @@ class TrainBlock(nn.HybridBlock):
     """
 
     def __init__(self, num_layers, emb_size, num_classes, use_dropout, margin=None, head=None,
-                 fast=True, **kwargs):
+                 fast=True, input_norm=None, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.emb_size, self.num_classes = num_layers, emb_size, num_classes
-        self.use_dropout, self.fast = use_dropout, fast
+        self.use_dropout, self.fast, self.input_norm = use_dropout, fast, input_norm
         with self.name_scope():
             # prefix='' keeps feat_net's parameter names equal to the TestBlock's.
             self.feat_net = nn.HybridSequential(prefix='')
             self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=True,
-                                             fast=fast))
+                                             fast=fast, input_norm=input_norm))
             if head is not None:
                 self.margin_block = head
             else:
@@ -340,13 +346,14 @@ class TestBlock(nn.HybridBlock):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, num_layers, emb_size, use_dropout, fast=True, **kwargs):
+    def __init__(self, num_layers, emb_size, use_dropout, fast=True, input_norm=None, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.emb_size, self.fast = num_layers, emb_size, fast
+        self.use_dropout, self.input_norm = use_dropout, input_norm
         with self.name_scope():
             self.feat_net = nn.HybridSequential(prefix='')
             self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=False,
-                                             fast=fast))
+                                             fast=fast, input_norm=input_norm))
 
     def hybrid_forward(self, F, x):
         return self.feat_net(x)
@@ -405,7 +412,8 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True, 
             source(mnp.zeros((1,) + tuple(input_shape[1:]), ctx=ctx)).wait_to_read()
     units = tuple(len(stage) for stage in list(source.features)[3:])
     use_dropout = any(isinstance(b, nn.Dropout) for b in source.output)  # inert when predicting
-    copy = FaceResNet(units, source.emb_size, use_dropout, fast=True)
+    copy = FaceResNet(units, source.emb_size, use_dropout, fast=True,
+                      input_norm=source.input_norm)
     set_compute_dtype(copy, dtype or source.compute_dtype)
     targets = copy._collect_params_with_prefix()
     for name, param in params.items():

@@ -51,14 +51,16 @@ class FeatBlock(nn.HybridBlock):
     checkpoints work unchanged. ``fast`` as in TrainBlock.
     """
 
-    def __init__(self, num_layers, emb_size, use_dropout, is_train=True, fast=True, **kwargs):
+    def __init__(self, num_layers, emb_size, use_dropout, is_train=True, fast=True,
+                 input_norm=None, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.emb_size, self.use_dropout = num_layers, emb_size, use_dropout
+        self.input_norm = input_norm
         self.is_train, self.fast = is_train, fast
         with self.name_scope():
             self.feat_net = nn.HybridSequential(prefix='')
             self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=is_train,
-                                             fast=fast))
+                                             fast=fast, input_norm=input_norm))
 
     def hybrid_forward(self, F, x):
         feat = self.feat_net(x)

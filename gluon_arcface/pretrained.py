@@ -13,9 +13,13 @@ Sources (:func:`find_backbone_file`):
 * a checkpoint ``.params`` saved by a TrainBlock, TestBlock, FeatBlock or FaceResNet
   (structural names such as ``feat_net.0.features.0.weight``);
 * an exported model: ``PREFIX`` / ``PREFIX-symbol.json`` / ``PREFIX-0000.params`` as written by
-  ``export_embedding_net`` (``arg:``/``aux:`` names like ``testblock0_faceresnet0_conv0_weight``).
+  ``export_embedding_net`` (``arg:``/``aux:`` names like ``testblock0_faceresnet0_conv0_weight``);
+* an InsightFace MXNet checkpoint of an IR ResNet (``fresnet.py`` names, ``PREFIX``), mapped by
+  ``interop.faceresnet_from_insightface``; the network then needs InsightFace's input
+  normalisation (``backbone_input_norm`` says which, ``scripts/train.py`` applies it).
 """
 import glob
+import json
 import os
 import re
 
@@ -24,7 +28,7 @@ from mxnet import npx
 
 from .errors import CheckpointError
 
-__all__ = ['find_backbone_file', 'load_backbone']
+__all__ = ['find_backbone_file', 'backbone_input_norm', 'load_backbone']
 
 _DENSE = re.compile(r'^output\.\d+\.(weight|bias)$')  # the embedding layer (index moves with
 _PREFIX = re.compile(r'^.*?faceresnet\d+_')            # the optional Dropout)
@@ -37,7 +41,8 @@ def _exported_params(prefix):
 
 def find_backbone_file(source):
     """``(params file, kind)`` for ``source``; kind is ``'structural'`` (a checkpoint) or
-    ``'exported'`` (``export_embedding_net``'s layout). CheckpointError when nothing fits."""
+    ``'exported'`` (``export_embedding_net``'s layout) or ``'insightface'``; ``source`` may be
+    ``PREFIX,EPOCH`` as InsightFace names checkpoints. CheckpointError when nothing fits."""
     source = os.fspath(source)
     if os.path.isdir(source):
         checkpoints = os.path.join(source, 'checkpoints')
@@ -55,17 +60,50 @@ def find_backbone_file(source):
                               'checkpoints/ or an exported model in model/; found none' % source)
     if source.endswith('-symbol.json'):
         source = source[:-len('-symbol.json')]
+    if ',' in source and source.rsplit(',', 1)[1].isdigit():  # InsightFace's PREFIX,EPOCH
+        stem, epoch = source.rsplit(',', 1)
+        source = '%s-%04d.params' % (stem, int(epoch))
     if os.path.isfile(source) and source.endswith('.params'):
         stem = re.sub(r'-\d{4}\.params$', '', source)
-        kind = 'exported' if stem != source and os.path.isfile(stem + '-symbol.json') \
-            else 'structural'
-        return source, kind
+        if stem != source and os.path.isfile(stem + '-symbol.json'):
+            return source, _exported_kind(stem)
+        return source, 'structural'
     params = _exported_params(source)
     if params and os.path.isfile(source + '-symbol.json'):
-        return params, 'exported'
+        return params, _exported_kind(source)
     raise CheckpointError('%s: not found; expected a run folder, a .params checkpoint or an '
                           'exported model prefix (PREFIX-symbol.json + PREFIX-0000.params)'
                           % source)
+
+
+def _exported_kind(prefix):
+    """'insightface' for a symbol with InsightFace's layer names (fresnet.py), else 'exported'."""
+    with open(prefix + '-symbol.json', encoding='utf-8') as f:
+        text = f.read()
+    return 'insightface' if '"stage1_unit1_conv1"' in text and '"conv0"' in text else 'exported'
+
+
+def backbone_input_norm(source):
+    """The ``input_norm`` (mean, scale) a backbone from ``source`` needs (None: the package's
+    plain [0, 1] input): InsightFace's normalisation for its checkpoints, else what the run's
+    config.json or the export's model.json recorded."""
+    path, kind = find_backbone_file(source)
+    if kind == 'insightface':
+        from .interop import INSIGHTFACE_INPUT_NORM
+        return INSIGHTFACE_INPUT_NORM
+    folder = os.path.dirname(os.path.abspath(path))
+    for candidate, key in ((os.path.join(folder, 'model.json'), None),
+                           (os.path.join(os.path.dirname(folder), 'config.json'), 'resolved')):
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate, encoding='utf-8') as f:
+                    info = json.load(f)
+                info = info.get(key, {}) if key else info
+            except (OSError, ValueError, AttributeError):
+                continue
+            norm = info.get('input_norm') if isinstance(info, dict) else None
+            return tuple(norm) if norm else None
+    return None
 
 
 def _backbone(net):
@@ -99,11 +137,24 @@ def load_backbone(net, source, ctx=None):
     """
     path, kind = find_backbone_file(source)
     backbone = _backbone(net)
-    try:
-        arrays = npx.load(path)
-    except Exception as e:  # noqa: BLE001 - MXNet reports unreadable files variously
-        raise CheckpointError('%s is unreadable (truncated or not an MXNet parameter file): %s'
-                              % (path, str(e).splitlines()[0][:200])) from None
+    if kind == 'insightface':  # mapped into a FaceResNet first, then copied like a checkpoint
+        from .interop import faceresnet_from_insightface
+        stem, epoch = re.match(r'^(.*)-(\d{4})\.params$', path).groups()
+        mapped, _ = faceresnet_from_insightface(stem, int(epoch))
+        arrays = {n: p.data() for n, p in mapped._collect_params_with_prefix().items()}
+        kind, source_norm = 'structural', mapped.input_norm
+    else:
+        try:
+            arrays = npx.load(path)
+        except Exception as e:  # noqa: BLE001 - MXNet reports unreadable files variously
+            raise CheckpointError('%s is unreadable (truncated or not an MXNet parameter file): '
+                                  '%s' % (path, str(e).splitlines()[0][:200])) from None
+        source_norm = backbone_input_norm(source)
+    if tuple(source_norm or ()) != tuple(backbone.input_norm or ()):
+        raise CheckpointError('%s was trained on inputs normalised as (x - mean) * scale with '
+                              '(mean, scale) = %s; this network uses %s: build it with '
+                              'input_norm=%s' % (path, source_norm, backbone.input_norm,
+                                                 source_norm))
     targets = backbone._collect_params_with_prefix()
     if kind == 'exported':
         by_key = {_PREFIX.sub('', p.name): p for p in targets.values()}

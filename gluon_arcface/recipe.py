@@ -24,12 +24,12 @@ from .fileio import write_json
 from .distributed import WorkerGroup, create_kvstore, create_trainer
 from .errors import ConfigError, DownloadError
 from .hub import download_extract
-from .inference import export_embedding_net
+from .interop import export_embedding_net, write_model_info
 from .margin import MARGIN_PRESETS, SoftmaxBlock, adacos_fixed_scale
 from .model import CHAPTER_DROPOUT, TrainBlock, set_compute_dtype
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
 from .precision import amp_dtype
-from .pretrained import load_backbone
+from .pretrained import backbone_input_norm, load_backbone
 from .schedules import TrainSchedule
 from .plotting import plot_history, plot_roc
 from .threads import decoding_workers, thread_info
@@ -173,14 +173,17 @@ def _train(c, ctx, kv, group, log):
         CHAPTER_DROPOUT if num_classes <= 20000 else 0.0)
     margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b,
                              num_classes)
+    # A backbone from InsightFace keeps the input normalisation it was trained with.
+    input_norm = backbone_input_norm(c.pretrained) if c.pretrained else None
     system = thread_info(num_workers)
-    resolved = dict(data_dir=data_dir, data_size=list(data_size), image_size=list(image_size),
+    resolved = dict(input_norm=list(input_norm) if input_norm else None,
+                    data_dir=data_dir, data_size=list(data_size), image_size=list(image_size),
                     num_classes=num_classes, images=loader.dataset_info['images'],
                     dropout=use_dropout, margin=margin, augment=dataclasses.asdict(augment),
                     ctx=[str(x) for x in ctx], workers=group.num_workers)
     if is_master:
         write_json(os.path.join(c.output, 'config.json'),
-                        dict(settings=c.to_dict(), resolved=resolved, system=system))
+                   dict(settings=c.to_dict(), resolved=resolved, system=system))
     log('data: %s (%d images, %d identities, %dx%d%s); verification: %s'
         % (data_dir, resolved['images'], num_classes, data_size[0], data_size[1],
            ', trained at %dx%d' % image_size if image_size != tuple(data_size) else '',
@@ -209,12 +212,12 @@ def _train(c, ctx, kv, group, log):
     if c.momentum:
         optimizer_params['momentum'] = c.momentum
     if c.model_parallel:
-        net = FeatBlock(c.num_layers, c.emb_size, use_dropout)
+        net = FeatBlock(c.num_layers, c.emb_size, use_dropout, input_norm=input_norm)
         cls_nets = split_head(c.emb_size, num_classes, ctx, margin, softmax=margin is None)
     else:
         head = SoftmaxBlock(c.emb_size, num_classes) if margin is None else None
         net = TrainBlock(c.num_layers, c.emb_size, num_classes, use_dropout, margin=margin,
-                         head=head)
+                         head=head, input_norm=input_norm)
     net.collect_params().reset_ctx(ctx)
     if c.pretrained and not (c.resume and ckpt.latest_checkpoint(options['checkpoint_dir'])):
         log('backbone from %s' % load_backbone(net, c.pretrained))
@@ -261,10 +264,8 @@ def _train(c, ctx, kv, group, log):
     if c.export:
         prefix = os.path.join(output, 'model', 'faceresnet%d' % num_layers)
         export_embedding_net(make_test_net(net), prefix, image_size)
-        write_json(os.path.join(output, 'model', 'model.json'), dict(
-            image_size=list(image_size), emb_size=emb_size, num_layers=num_layers,
-            cos_threshold={t: r.cos_threshold for t, r in results.items()},
-            input='RGB float32 (N, 3, H, W) in [0, 1]'))
+        write_model_info(os.path.dirname(prefix), image_size, emb_size, num_layers,
+                         {t: r.cos_threshold for t, r in results.items()}, input_norm)
         log('exported the embedding network to %s-symbol.json / -0000.params' % prefix)
     if results:
         log('\n' + format_table(dict(results, **pixels)))

@@ -87,7 +87,8 @@ def sync_aux_states(net):
 def make_test_net(net):
     """A TestBlock sharing ``net``'s parameters (``net`` a gluon_arcface TrainBlock)."""
     from .model import TestBlock
-    return TestBlock(net.num_layers, net.emb_size, net.use_dropout, params=net.collect_params())
+    return TestBlock(net.num_layers, net.emb_size, net.use_dropout, params=net.collect_params(),
+                     input_norm=getattr(net, 'input_norm', None))
 
 
 class _Interrupt:

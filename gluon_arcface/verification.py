@@ -11,6 +11,7 @@ booleans. Both protocols score the L2-normalised sum of the embeddings of all th
   at FAR=1e-3 and the ROC averaged over the folds.
 """
 import dataclasses
+import os
 
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 import numpy as np
@@ -21,7 +22,7 @@ from .devices import as_contexts
 __all__ = ['FACE_11_THRESHOLDS', 'ROC_THRESHOLDS', 'VAL_THRESHOLDS', 'VerificationResult',
            'best_threshold_accuracy', 'compute_embeddings', 'evaluate_embeddings', 'face_11',
            'format_table', 'kfold_roc', 'kfold_splits', 'kfold_val', 'l2_normalize',
-           'named_results',           'test_face_11',
+           'named_results',           'test_face_11', 'verify_model',
            'threshold_at_far', 'verify', 'verify_pixels']
 
 FACE_11_THRESHOLDS = np.arange(0, 1, 0.0025)  # cosine similarity (chapter)
@@ -59,6 +60,12 @@ class VerificationResult:
     fpr: np.ndarray = dataclasses.field(repr=False)
     thresholds: np.ndarray = dataclasses.field(repr=False)
 
+    def as_dict(self):
+        """The scalar fields, JSON-ready (what metrics.json and verification.json hold)."""
+        return {f.name: (float(v) if isinstance(v, (float, np.floating)) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]
+                if not isinstance(v, np.ndarray)}
+
     def summary(self):
         """One line for logs."""
         return (f'acc {100 * self.accuracy:.2f}±{100 * self.std:.2f}% '
@@ -93,7 +100,7 @@ def _host(array):
 
 
 def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, normalize=False,
-                       dtype=None):
+                       dtype=None, progress=False):
     """The embeddings of a set of images: the sum over the views, (N, D) float64 numpy.
 
     The one embedding path of the package: verification, ``test_face_11``, ``get_embedding``,
@@ -109,7 +116,9 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, norm
     second for FaceResNet-18: worth it for a verification set, not for a few photos).
     ``normalize``: divide each row by its L2 norm (as every comparison of faces does).
     ``dtype``: the compute dtype of the fast copies ('bfloat16' on CPUs with AVX512-BF16 or
-    AMX; default: ``net``'s, see ``model.set_compute_dtype``); needs ``fast``.
+    AMX; default: ``net``'s, see ``model.set_compute_dtype``); needs ``fast``. ``progress``:
+    a progress bar over the batches (a string names it). ``net`` may also be any callable
+    taking and returning arrays (e.g. ``interop.OnnxEmbeddingNet``).
     """
     from .model import inference_nets
     data_list = _views(data_list)
@@ -124,6 +133,11 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, norm
     # One fixed batch shape; no larger than the set, and at least one image per device.
     batch_size = max(min(batch_size, n), len(ctx))
     embeddings = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(data_list) * n, unit='img', mininterval=1.0, leave=False,
+                   desc=progress if isinstance(progress, str) else 'embeddings')
     with autograd.predict_mode():
         for view in data_list:
             for start in range(0, n, batch_size):
@@ -137,6 +151,10 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, norm
                 if embeddings is None:
                     embeddings = np.zeros((n, out.shape[1]))
                 embeddings[start:start + count] += out[:count]
+                if bar is not None:
+                    bar.update(count)
+    if bar is not None:
+        bar.close()
     return l2_normalize(embeddings) if normalize else embeddings
 
 
@@ -374,7 +392,8 @@ def verify_pixels(data_set, num_folds=10, far_target=1e-3):
                                max(2, min(num_folds, len(issame))), far_target)
 
 
-def verify(data_set, net, ctx=None, batch_size=512, num_folds=10, far_target=1e-3):
+def verify(data_set, net, ctx=None, batch_size=512, num_folds=10, far_target=1e-3,
+           progress=False, dtype=None):
     """Run ``net`` once over ``data_set = (data_list, issame)`` and score both protocols.
 
     Returns ``evaluate_embeddings``' ``VerificationResult``; ``(result.xnorm,
@@ -382,7 +401,8 @@ def verify(data_set, net, ctx=None, batch_size=512, num_folds=10, far_target=1e-
     A set with fewer pairs than ``num_folds`` (at least 2) is scored with one fold per pair.
     """
     data_list, issame = _unpack(data_set)
-    emb = compute_embeddings(data_list, net, ctx, batch_size) / len(data_list)
+    emb = compute_embeddings(data_list, net, ctx, batch_size, progress=progress,
+                             dtype=dtype) / len(data_list)
     return evaluate_embeddings(emb, issame, max(2, min(num_folds, len(issame))), far_target)
 
 
@@ -425,3 +445,43 @@ def format_table(results, style='markdown'):
                              for i, (c, w) in enumerate(zip(row, widths))).rstrip()
         lines = [line(head), '  '.join('-' * w for w in widths)] + [line(row) for row in rows]
     return '\n'.join(lines) + '\n'
+
+
+def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=True, dtype=None,
+                 output=None, progress=True, baseline=False):
+    """Verify a model on ``.bin`` sets as InsightFace's verification.py does -> ``{target:
+    VerificationResult}``.
+
+    ``model``: anything ``interop.load_face_model`` takes (run folder, exported model,
+    InsightFace checkpoint ``PREFIX,EPOCH``, ``.onnx``) or a loaded network. ``targets``: names
+    (``<data_dir>/<name>.bin``) or paths of .bin files; images are resized to the model's input
+    size. ``flip``: add the mirror image's embedding (the protocol's default). ``baseline``:
+    also score the raw pixels (``<target> (raw pixels)``). ``output``: a folder for
+    ``verification.json`` and ``roc.png``.
+    """
+    from .binfile import load_bin
+    from .fileio import write_json
+    from .interop import load_face_model
+    from .plotting import plot_roc
+    if isinstance(model, (str, os.PathLike)):
+        net, image_size, source = load_face_model(model, ctx)
+    else:
+        net, image_size, source = model, (112, 112), repr(model)
+    results = {}
+    for target in targets:
+        path = target if str(target).endswith('.bin') else os.path.join(data_dir or '.',
+                                                                         target + '.bin')
+        name = os.path.basename(path)[:-4]
+        data_list, issame = load_bin(path, image_size)
+        data_set = (data_list if flip else data_list[:1], issame)
+        results[name] = verify(data_set, net, ctx, batch_size, dtype=dtype,
+                               progress=name if progress else False)
+        if baseline:
+            results[name + ' (raw pixels)'] = verify_pixels(data_set)
+    if output and results:
+        os.makedirs(output, exist_ok=True)
+        write_json(os.path.join(output, 'verification.json'), dict(
+            model=str(source), image_size=list(image_size), flip=flip,
+            targets={n: r.as_dict() for n, r in results.items()}))
+        plot_roc(results, os.path.join(output, 'roc.png'))
+    return results

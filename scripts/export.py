@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Export a trained face model for deployment: ONNX (onnxruntime, the insightface package) and
+MXNet symbol + params.
+
+--model takes a run folder of scripts/train.py, an exported model (PREFIX or
+PREFIX-symbol.json) or an InsightFace IR-ResNet MXNet checkpoint (PREFIX,EPOCH). The ONNX model
+takes RGB float32 (N, 3, H, W) with pixel values 0-255 and returns the (not normalised)
+embedding; see the README's "Deploying a model".
+"""
+import argparse
+import sys
+
+from gluon_arcface import cli
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True,
+                   help='run folder, exported model prefix or InsightFace PREFIX,EPOCH')
+    p.add_argument('--onnx', metavar='FILE', help='write an ONNX model here')
+    p.add_argument('--mxnet', metavar='PREFIX',
+                   help='write PREFIX-symbol.json + PREFIX-0000.params (and model.json beside)')
+    p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                   help='compute dtype of the MXNet export (default: float32)')
+    p.add_argument('--check', action='store_true',
+                   help='after the ONNX export, compare onnxruntime with MXNet on random faces '
+                        'and print the largest difference')
+    cli.add_threads_argument(p)
+    return p
+
+
+def main(argv=None):
+    args = cli.parse_args(build_parser, argv)
+    if not (args.onnx or args.mxnet):
+        build_parser().error('nothing to do: give --onnx FILE and/or --mxnet PREFIX')
+
+    def run():
+        import os
+        from gluon_arcface import interop
+        net, image_size = interop.faceresnet_from_model(args.model)
+        if args.onnx:
+            interop.export_onnx(net, args.onnx, image_size)
+            print('wrote %s (input: RGB 0-255, %dx%d)' % ((args.onnx,) + tuple(image_size)))
+            if args.check:
+                print('largest |onnxruntime - MXNet| on the embeddings: %.3g (largest '
+                      'embedding value %.3g)' % interop.compare_onnx(net, args.onnx, image_size))
+        if args.mxnet:
+            interop.export_embedding_net(net, args.mxnet, image_size, dtype=args.dtype)
+            interop.write_model_info(os.path.dirname(os.path.abspath(args.mxnet)), image_size,
+                                     net.emb_size, _depth(net), input_norm=net.input_norm)
+            print('wrote %s-symbol.json and %s-0000.params' % (args.mxnet, args.mxnet))
+    return cli.main_guard(run)
+
+
+def _depth(net):
+    from gluon_arcface.model import UNITS
+    units = tuple(len(stage) for stage in list(net.features)[3:])
+    return {v: k for k, v in UNITS.items()}[units]
+
+
+if __name__ == '__main__':
+    sys.exit(main())
