@@ -291,12 +291,31 @@ def dropout_rate(use_dropout):
 
 def get_faceresnet(num_layers, emb_size=256, use_dropout=False, do_init=True, fast=True,
                    **kwargs):
-    """Build FaceResNet-``num_layers`` (18, 34, 50, 100) with an ``emb_size``-d embedding.
+    """Build FaceResNet-``num_layers`` with an ``emb_size``-d embedding (the chapter's helper).
 
-    With ``do_init`` the parameters are initialised (Xavier gaussian, factor 'out', magnitude 2;
-    PReLU slopes 0.25); the Dense input size is inferred at the first forward pass. A TestBlock
-    passes ``do_init=False`` because it takes its parameters from a TrainBlock. ``fast=False``
-    gives the plain blocks (``nn.PReLU``): same function and parameter names.
+    Parameters
+    ----------
+    num_layers : {18, 34, 50, 100}
+        Depth: residual units per stage (2,2,2,2), (3,4,6,3), (3,4,14,3), (3,13,30,3).
+    emb_size : int
+        Embedding size D.
+    use_dropout : bool or float
+        Dropout before the embedding layer: True for the chapter's 0.4, or a rate.
+    do_init : bool
+        Initialise the parameters (Xavier gaussian, factor 'out', magnitude 2; PReLU slopes
+        0.25); the Dense input size is inferred at the first forward pass. A TestBlock passes
+        False: it takes its parameters from a TrainBlock.
+    fast : bool
+        The oneDNN-only blocks (default) or the plain ones (``nn.PReLU``): same function, same
+        parameter names.
+    **kwargs
+        FaceResNet's (``input_norm``, ``prefix``, ``params``).
+
+    Returns
+    -------
+    FaceResNet
+        ``net(x) -> (N, emb_size)`` for x (N, 3, H, W) float32 in [0, 1], H and W multiples of
+        16 (112x112 faces: a 7x7x512 map before the embedding layer).
     """
     net = FaceResNet(faceresnet_spec(num_layers), emb_size, use_dropout, fast=fast, **kwargs)
     if do_init:
@@ -382,18 +401,34 @@ def mkldnn_enabled():
 def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True, dtype=None):
     """A frozen copy of an embedding network for the fastest correct inference on this build.
 
-    ``net``: a TestBlock, a FaceResNet or a TrainBlock (its FaceResNet is taken). The copy is a
-    FaceResNet with the oneDNN-friendly blocks (``fast=True``) holding copies of the current
-    parameter values, hybridized with static shapes and, on CPU with oneDNN, MXNet's oneDNN
-    graph fusion (``backend='MKLDNN'``: convolution+BatchNorm folding, convolution+sum and
+    The copy is a FaceResNet with the oneDNN-friendly blocks (``fast=True``) holding copies of
+    the current parameter values, hybridized with static shapes and, on CPU with oneDNN,
+    MXNet's oneDNN graph fusion (convolution+BatchNorm folding, convolution+sum and
     convolution+ReLU fusion). The fused operators fold the weights once, so the copy does not
-    follow later training updates: build a new one after the parameters change (copying
-    FaceResNet-18 and building its graph takes about a second). ``input_shape`` (N, 3, H, W)
-    completes a deferred initialisation of ``net`` if needed and, with ``warmup``, builds the
-    graph at once for that shape.
-    ``backend``: 'auto' (MKLDNN when available on a CPU context), 'MKLDNN' or None.
-    ``dtype``: the compute dtype of the copy (:func:`set_compute_dtype`; default: ``net``'s).
-    Returns a block: ``block(x) -> embeddings`` as with ``net``; call it in predict mode.
+    follow later training updates: build a new one after the parameters change (about a
+    second for FaceResNet-18). ``compute_embeddings`` uses it.
+
+    Parameters
+    ----------
+    net : TestBlock, FaceResNet or TrainBlock
+        The network (a TrainBlock's FaceResNet is taken; its head is not needed).
+    input_shape : tuple of int, optional
+        (N, 3, H, W): completes a deferred initialisation of ``net`` if needed and, with
+        ``warmup``, builds the graph at once for that shape.
+    ctx : Context, optional
+        Where the copy runs (default: where ``net``'s parameters are).
+    backend : {'auto', 'MKLDNN', None}
+        Graph fusion: 'auto' uses MKLDNN on a CPU context of a build with oneDNN.
+    warmup : bool
+        Build the graph now (needs ``input_shape``).
+    dtype : {None, 'float32', 'bfloat16'}
+        Compute dtype of the copy (``set_compute_dtype``; default: ``net``'s).
+
+    Returns
+    -------
+    FaceResNet
+        ``block(x) -> embeddings``: x (N, 3, H, W) float32 in [0, 1] -> (N, emb_size) float32,
+        not normalised; call it in predict mode.
     """
     from mxnet import autograd
     from mxnet import np as mnp

@@ -141,32 +141,61 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                      resume=False, keep_last=2, hybridize=True, progress=True, animator=None,
                      log=print, is_master=None, verify_batch_size=None, batch_step=None,
                      schedule=None, amp=False):
-    """Train ``net`` (blocks called as ``net(X, y) -> logits``) for ``num_epochs`` epochs.
+    """Train ``net`` for ``num_epochs`` epochs: the chapter's training loop, on several devices.
 
     The chapter's call ``train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx)`` works
-    as is. Optional: ``val_set`` ({target: (data_list, issame)}) verified every
-    ``verify_every`` epochs with ``test_net`` (built from a TrainBlock when omitted);
-    ``lr_steps`` (0-based epochs at which the LR is multiplied by ``lr_factor``), or
-    ``schedule`` (a :class:`~gluon_arcface.schedules.TrainSchedule`: LR warm-up and cosine
-    decay, margin warm-up, backbone freezing; applied before every step); ``amp``: mixed
-    precision (``precision.amp_dtype``: bfloat16 on CPUs that have it, float16 with dynamic
-    loss scaling on GPUs; float16 needs a Trainer with ``update_on_kvstore=False``);
-    ``checkpoint_dir`` (parameters + trainer state after each epoch, ``best.params`` for the
-    best mean verification accuracy) and ``resume`` (continue from its latest checkpoint).
-    A NaN/inf loss raises TrainingDivergedError before the update is applied; Ctrl-C saves a
-    checkpoint and raises KeyboardInterrupt. ``is_master`` False (other workers of a
-    distributed run) skips verification, checkpoints and logging.
+    as is. Each batch is split over ``ctx`` (``split_and_load``); one ``trainer.step`` applies
+    the summed gradients. A NaN/inf loss raises TrainingDivergedError before the update is
+    applied; Ctrl-C saves a checkpoint and raises KeyboardInterrupt.
 
-    Distributed (a Trainer with a dist kvstore, see ``gaf.create_trainer``): ``is_master``
-    defaults to rank 0; every worker starts from rank 0's parameters; with dist_sync the update
-    is the mean gradient over all workers' batches (``trainer.step(batch * workers)``), the
-    BatchNorm statistics are averaged over the workers after each epoch and the history's loss,
-    accuracy and samples/s count all workers. ``batch_step(X, y) -> (summed loss, correct)``
-    replaces the forward and backward pass (default: ``data_parallel_step`` with ``loss``); with
-    float16 it is also given ``loss_scale=`` (a LossScale).
+    Parameters
+    ----------
+    net : gluon.Block
+        Called as ``net(X, y) -> logits`` (N, num_classes), e.g. a TrainBlock.
+    loader : iterable of (X, y)
+        Batches: X (N, 3, H, W) float32 in [0, 1], y (N,) class ids (``load_data_face_rec``).
+    loss : gluon.loss.Loss
+        Per-sample loss of ``(logits, y)``, e.g. SoftmaxCrossEntropyLoss.
+    trainer : gluon.Trainer
+        Over ``net``'s parameters; with a dist kvstore, from ``gaf.create_trainer``: every worker
+        starts from rank 0's parameters and dist_sync updates with the mean gradient over all
+        workers' batches (``trainer.step(batch * workers)``).
+    num_epochs : int
+        Epochs to reach (a resumed run trains the remaining ones).
+    ctx : Context, list of Contexts or str
+        Devices (``devices.as_contexts``; None: where ``net``'s parameters are).
+    val_set : dict, optional
+        ``{target: (data_list, issame)}`` verified (10-fold accuracy) every ``verify_every``
+        epochs and after the last one, with ``test_net`` (a TestBlock sharing ``net``'s
+        parameters when omitted) and ``verify_batch_size`` images per batch.
+    lr_steps, lr_factor : sequence of int, float
+        The chapter's schedule: the LR times ``lr_factor`` from each 0-based epoch listed.
+    schedule : schedules.TrainSchedule, optional
+        Replaces ``lr_steps``: LR warm-up and cosine decay, margin warm-up, backbone freezing,
+        applied before every step.
+    checkpoint_dir : str, optional
+        Parameters and trainer state after each epoch (the ``keep_last`` newest kept),
+        ``best.params`` for the best mean verification accuracy.
+    resume : bool or 'auto'
+        Continue from ``checkpoint_dir``'s latest checkpoint ('auto': if there is one).
+    amp : bool
+        Mixed precision (``precision.amp_dtype``): bfloat16 on CPUs with AVX512-BF16 or AMX,
+        float16 with dynamic loss scaling on GPUs (needs ``update_on_kvstore=False``).
+    hybridize, progress, animator, log, is_master
+        Hybridize ``net`` (static_alloc); a progress bar; d2l's live plot in Jupyter (False:
+        none); the function lines go to; False for the non-reporting workers of a distributed
+        run (default: rank 0 reports).
+    batch_step : callable, optional
+        ``batch_step(X, y) -> (summed loss, correct predictions)`` replacing the forward and
+        backward pass (default: ``data_parallel_step``; the model-parallel head's own); given
+        ``loss_scale=`` too with float16.
 
-    Returns the history: ``{'epochs': [{'epoch', 'loss', 'train_acc', 'samples_per_sec',
-    'seconds', 'lr', 'verification'?}, ...]}``.
+    Returns
+    -------
+    dict
+        ``{'epochs': [{'epoch', 'loss', 'train_acc', 'samples_per_sec', 'seconds', 'lr',
+        'margin_scale'?, 'margin_ramp'?, 'verification'?: {target: accuracy}}, ...]}``: mean
+        loss and accuracy per sample, samples/s of the whole job, seconds of training.
     """
     ctx = as_contexts(ctx, net)
     # Distributed runs (dist_* kvstores): rank, shared start and checkpoint state.

@@ -101,24 +101,41 @@ def _host(array):
 
 def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, normalize=False,
                        dtype=None, progress=False):
-    """The embeddings of a set of images: the sum over the views, (N, D) float64 numpy.
+    """The embeddings of a set of images, summed over its views: the package's one embedding
+    path (verification, ``test_face_11``, ``get_embedding``, ``embed_images``, FaceEmbedder).
 
-    The one embedding path of the package: verification, ``test_face_11``, ``get_embedding``,
-    ``embed_images`` and ``FaceEmbedder`` all call it.
+    Every batch is zero-padded to the same size (a hybridized net keeps static shapes), split
+    over ``ctx`` with ``split_and_load`` (the last device takes the remainder); the padding
+    rows are dropped. Runs in predict mode.
 
-    ``data_list``: views (e.g. ``[originals, flipped]``), each (2N, 3, H, W) numpy or mxnet
-    array in [0, 1], fed to ``net`` as float32. Every batch is zero-padded to the same size (so a
-    hybridized net keeps static shapes), split over ``ctx`` (a Context or a list) with
-    ``gluon.utils.split_and_load`` (the last device takes the remainder when ``batch_size`` is not
-    a multiple of the device count); the padding rows are dropped. Runs in predict mode. With
-    ``fast`` a FaceResNet-based ``net`` runs as ``model.inference_net`` copies (oneDNN graph
-    fusion on CPU; same embeddings within float tolerance), made afresh for this call (about a
-    second for FaceResNet-18: worth it for a verification set, not for a few photos).
-    ``normalize``: divide each row by its L2 norm (as every comparison of faces does).
-    ``dtype``: the compute dtype of the fast copies ('bfloat16' on CPUs with AVX512-BF16 or
-    AMX; default: ``net``'s, see ``model.set_compute_dtype``); needs ``fast``. ``progress``:
-    a progress bar over the batches (a string names it). ``net`` may also be any callable
-    taking and returning arrays (e.g. ``interop.OnnxEmbeddingNet``).
+    Parameters
+    ----------
+    data_list : list of arrays, or one array
+        Views of the same N images (e.g. ``[originals, flipped]``), each (N, 3, H, W) numpy or
+        mxnet, values in [0, 1]; fed as float32.
+    net : block or callable
+        ``net(x) -> (n, D)``: a TestBlock, FaceResNet, loaded model, or e.g.
+        ``interop.OnnxEmbeddingNet``.
+    ctx : Context, list or str, optional
+        Devices (``devices.as_contexts``; None: where ``net``'s parameters are).
+    batch_size : int
+        Images per forward pass (split over the devices).
+    fast : bool
+        Run a FaceResNet-based ``net`` as ``model.inference_net`` copies (oneDNN fusion; same
+        embeddings within float tolerance), made for this call (about a second for
+        FaceResNet-18: worth it for a verification set, not for a few photos).
+    normalize : bool
+        Divide each row by its L2 norm.
+    dtype : {None, 'float32', 'bfloat16'}
+        Compute dtype of the fast copies (bfloat16: CPUs with AVX512-BF16 or AMX); needs
+        ``fast``.
+    progress : bool or str
+        A progress bar over the images (a string names it).
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, D) float64: the sum of the views' embeddings (L2-normalised with ``normalize``).
     """
     from .model import inference_nets
     data_list = _views(data_list)
