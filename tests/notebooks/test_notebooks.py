@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 PARAMS = ['-p', 'dataset', 'faces-synthetic', '-p', 'num_epochs', '1', '-p', 'batch_size', '32']
 # training_arcface runs first: verification.ipynb then reuses the network it trained (same
 # output_dir); run alone, verification.ipynb trains its own.
-NOTEBOOKS = ['training_arcface', 'verification', 'datasets', 'model_and_margins', 'exercises']
+NOTEBOOKS = ['training_arcface', 'verification', 'datasets', 'model_and_margins', 'exercises',
+             'own_photos']
 # Files each notebook must leave in <cwd>/notebook_runs/<name>/.
 OUTPUTS = {
     'training_arcface': ['batch.png', 'curves.png', 'trainblock.params', 'run.json'],
@@ -38,6 +39,8 @@ OUTPUTS = {
     'datasets': ['identities.png', 'pairs.png', 'batch.png', 'no_header.rec'],
     'model_and_margins': ['parameters.png', 'target_logits.png', 'decision_boundaries.png'],
     'exercises': ['results.csv', 'results.png'],
+    'own_photos': ['augmentation.png', 'results.json', 'small-data/curves.png',
+                   'small-data/roc.png', 'chapter/config.json'],
 }
 
 
