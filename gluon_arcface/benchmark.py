@@ -46,7 +46,7 @@ from .threads import thread_info
 
 __all__ = ['TRAIN_CASES', 'INFER_CASES', 'MEMORY_CASES', 'interleaved', 'mx_train_case',
            'mx_infer_case', 'memory_case', 'make_rec_dataset',
-           'loader_throughput', 'run_benchmark', 'format_report', 'machine_info']
+           'loader_throughput', 'index_open', 'run_benchmark', 'format_report', 'machine_info']
 
 TRAIN_CASES = ('mx_imperative', 'mx_hybridized', 'mx_default', 'mx_amp', 'torch_nchw',
                'torch_channels_last', 'torch_bf16_channels_last')
@@ -285,18 +285,95 @@ def _memory_child(name, batch_size, num_classes, num_layers, image_size, emb_siz
     return _status_mb('VmHWM') - base
 
 
+# ---------------------------------------------------------------------------- RecordIO index
+
+def _sparse_rec(folder, num_records, stride):
+    """A headerless ``train.rec`` + ``train.idx`` of ``num_records`` records, keys 0, 1, ...
+    ``stride`` bytes apart, as far as opening them reads: the .idx in full, the .rec a sparse file
+    of the full size (``os.truncate``) with real records only at the first offset (the record
+    FaceRecordDataset reads to tell the layout) and the last (the one RecordReader checks ends
+    the file). Returns the .rec path."""
+    import struct
+    from .recordio import RECORD_MAGIC, pack_record
+    rec, idx = os.path.join(folder, 'train.rec'), os.path.join(folder, 'train.idx')
+    with open(idx, 'w') as f:
+        for lo in range(0, num_records, 100000):
+            f.write(''.join(['%d\t%d\n' % (key, key * stride)
+                             for key in range(lo, min(num_records, lo + 100000))]))
+    payload = pack_record(0.0, b'\xff\xd8' + bytes(62))  # flag 0: an image, no header record
+    record = (struct.pack('<II', RECORD_MAGIC, len(payload)) + payload
+              + bytes(-len(payload) % 4))
+    assert stride >= len(record) and stride % 4 == 0
+    last = (num_records - 1) * stride
+    with open(rec, 'wb'):
+        pass
+    os.truncate(rec, last + len(record))
+    fd = os.open(rec, os.O_WRONLY)
+    try:
+        os.pwrite(fd, record, 0)
+        os.pwrite(fd, record, last)
+    finally:
+        os.close(fd)
+    return rec
+
+
+def index_open(num_records=5_800_000, stride=6000):
+    """Time and memory of opening a RecordIO index of ``num_records`` records (MS1M has 5.8
+    million): ``FaceRecordDataset`` (with its ``RecordReader``) on a headerless .rec whose records
+    are ``stride`` bytes apart (about a 112x112 JPEG; a sparse file), in a fresh process.
+
+    Returns dict(records, seconds, added_mb: VmRSS after minus before, peak_mb: VmHWM during the
+    opening minus VmRSS before, when Linux lets the peak be reset, idx_mb: size of the .idx). The
+    .idx has just been written, so it is read from the page cache.
+    """
+    import json
+    import subprocess
+    import sys
+    with tempfile.TemporaryDirectory(prefix='gaf-index-') as tmp:
+        rec = _sparse_rec(tmp, num_records, stride)
+        idx_mb = os.path.getsize(os.path.splitext(rec)[0] + '.idx') / 2.0 ** 20
+        code = ('import json, gluon_arcface.benchmark as b; '
+                'print(json.dumps(b._index_open_child(%r)))' % rec)
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                             timeout=1800)
+    if out.returncode:
+        raise RuntimeError('opening the index failed: %s' % out.stderr[-500:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result['idx_mb'] = idx_mb
+    return result
+
+
+def _index_open_child(rec_path):
+    from .datasets import FaceRecordDataset
+    base = _status_mb('VmRSS')
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # resets VmHWM to the current resident memory
+        peak = True
+    except OSError:
+        peak = False
+    start = time.perf_counter()
+    ds = FaceRecordDataset(rec_path)
+    seconds = time.perf_counter() - start
+    result = dict(records=len(ds), seconds=seconds, added_mb=_status_mb('VmRSS') - base)
+    if peak:
+        result['peak_mb'] = _status_mb('VmHWM') - base
+    return result
+
+
 def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300, emb_size=256,
                   infer_batch_size=64, rounds=3, window=2, train_cases=TRAIN_CASES,
                   infer_cases=INFER_CASES, memory_cases=MEMORY_CASES, loader=True,
                   loader_images=2048, loader_workers=None, data_dir=None, threads=None,
-                  log=print):
+                  log=print, index_records=None):
     """Measure everything; returns a dict (see ``format_report``).
 
     ``threads``: PyTorch's intra-op threads (default: as many as MXNet's). MXNet's OpenMP
     threads are fixed when it loads (the package's thread policy; scripts/benchmark.py
     --threads sets both). ``loader_workers``: decoding threads (default: what training uses,
     ``threads.decoding_workers``). The loader is timed with the chapter's flip and with the
-    'standard' augmentation.
+    'standard' augmentation. ``index_records``: also time opening a RecordIO index of that many
+    records (:func:`index_open`; None skips it).
     """
     from .threads import decoding_workers
     torch_reference.set_threads(threads)
@@ -362,6 +439,10 @@ def run_benchmark(num_layers=18, batch_size=32, image_size=112, num_classes=300,
         size = read_facerec_meta(data_dir)[0] if tmp is None else (image_size, image_size)
         result['loader'] = dict(images_per_sec=rates, data_dir=None if tmp else data_dir,
                                 workers=workers, image_size=list(size))
+    if index_records:
+        log('index: opening a RecordIO index of %d records (FaceRecordDataset), in a fresh '
+            'process' % index_records)
+        result['index_open'] = index_open(index_records)
     result['machine']['load_average_after'] = machine_info()['load_average']
     return result
 
@@ -430,6 +511,10 @@ def format_report(result):
                          'JPEG .rec%s | %.0f |'
                          % ((augment, ld['workers']) + tuple(ld['image_size'])
                             + (' (%s)' % ld['data_dir'] if ld['data_dir'] else '', rate)))
+    if 'index_open' in result:
+        ix = result['index_open']
+        lines.append('| open a RecordIO index | %d records | %.2f s, %.0f MB |'
+                     % (ix['records'], ix['seconds'], ix['added_mb']))
     if s['ratios']:
         lines += ['', '| ratio | value |', '| --- | ---: |']
         lines += ['| %s | %.2f |' % (k, v) for k, v in s['ratios'].items()]

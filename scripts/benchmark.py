@@ -49,6 +49,9 @@ def build_parser():
     p.add_argument('--loader-workers', type=int,
                    help='loader decoding threads (default: as training sizes them)')
     p.add_argument('--data-dir', help='time the loader on this dataset folder instead')
+    p.add_argument('--index-records', type=int, default=0, metavar='N',
+                   help='also time opening a RecordIO index of N records, e.g. 5800000 as '
+                        'MS1M (default: 0, skip)')
     cli.add_threads_argument(p)  # both frameworks: MXNet's OpenMP and torch.set_num_threads
     p.add_argument('--json', help='also write the raw measurements to this file')
     return p
@@ -90,7 +93,8 @@ def main(argv=None):
             memory_cases=args.memory_cases, loader=not args.no_loader,
             loader_images=args.loader_images, loader_workers=args.loader_workers,
             data_dir=args.data_dir, threads=args.threads,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            index_records=args.index_records or None)
         given = sys.argv[1:] if argv is None else argv
         result['command'] = ' '.join(['python scripts/benchmark.py']
                                      + [shlex.quote(a) for a in given])
