@@ -33,7 +33,7 @@ from mxnet import np as mnp
 from .devices import as_contexts
 from .errors import CheckpointError
 from .fileio import atomic_write, write_json
-from .model import (BN_EPS, UNITS, FaceResNet, compute_dtype_of, faceresnet_spec,
+from .model import (BN_EPS, UNITS, FaceResNet, backbone_of, compute_dtype_of, faceresnet_spec,
                     set_compute_dtype)
 
 __all__ = ['INSIGHTFACE_INPUT_NORM', 'export_embedding_net', 'load_embedding_net',
@@ -394,20 +394,6 @@ def ir_symbol(units, emb_size, fc1_bn=True, pixel_sub=127.5, pixel_mul=0.0078125
 ONNX_OPSET = 13  # MXNet 1.9.1's converters go up to opset 13
 
 
-def _faceresnet_of(net):
-    for block in [net] + [b for b in _walk(net)]:
-        if isinstance(block, FaceResNet):
-            return block
-    raise TypeError('export_onnx takes a TestBlock, FaceResNet, TrainBlock or a network '
-                    'loaded with load_embedding_net; got %s' % type(net).__name__)
-
-
-def _walk(block):
-    for child in block._children.values():
-        yield child
-        yield from _walk(child)
-
-
 def export_onnx(net, path, image_size=(112, 112)):
     """Write ``net``'s embedding network as an ONNX model for onnxruntime and insightface.
 
@@ -423,7 +409,11 @@ def export_onnx(net, path, image_size=(112, 112)):
     import onnx
     from onnx import helper, numpy_helper
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
-    backbone = _faceresnet_of(net)
+    backbone = backbone_of(net)
+    if backbone is None:
+        raise TypeError('export_onnx takes a TestBlock, FaceResNet, TrainBlock or FeatBlock; got '
+                        '%s (an exported or InsightFace model: interop.faceresnet_from_model)'
+                        % type(net).__name__)
     units = tuple(len(stage) for stage in list(backbone.features)[3:])
     mean, scale = backbone.input_norm or (0.0, 1.0)
     # Package input x in [0, 1] -> (x - mean) * scale; on 0-255 pixels p = 255 x:

@@ -28,7 +28,7 @@ __all__ = ['BasicBlockV3', 'FaceResNet', 'get_faceresnet', 'faceresnet_spec',
            'TrainBlock', 'TestBlock', 'PReLU', 'bn_prelu_conv', 'inference_net',
            'inference_nets', 'mkldnn_enabled', 'dropout_rate', 'BN_EPS', 'STANDARDIZE_EPS',
            'PRELU_INIT', 'CHAPTER_DROPOUT', 'COMPUTE_DTYPES', 'set_compute_dtype',
-           'compute_dtype_of']
+           'compute_dtype_of', 'backbone_of']
 
 BN_EPS = 2e-5
 STANDARDIZE_EPS = 2e-5
@@ -378,13 +378,14 @@ class TestBlock(nn.HybridBlock):
         return self.feat_net(x)
 
 
-def _embedding_net(net):
-    """The FaceResNet inside ``net`` (a FaceResNet, TestBlock or TrainBlock), or None."""
-    if isinstance(net, FaceResNet):
-        return net
-    feat_net = getattr(net, 'feat_net', None)
-    if feat_net is not None and len(feat_net) == 1 and isinstance(feat_net[0], FaceResNet):
-        return feat_net[0]
+def backbone_of(net):
+    """The (first) FaceResNet in ``net``: itself, a TrainBlock's, TestBlock's or FeatBlock's
+    ``feat_net``, a ModelParallelNet's; None when there is none (e.g. a SymbolBlock)."""
+    if not hasattr(net, '_children'):
+        return None
+    for block in _blocks(net):
+        if isinstance(block, FaceResNet):
+            return block
     return None
 
 
@@ -432,7 +433,7 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True, 
     """
     from mxnet import autograd
     from mxnet import np as mnp
-    source = _embedding_net(net)
+    source = backbone_of(net)
     if source is None:
         raise TypeError('inference_net takes a FaceResNet, TestBlock or TrainBlock, got %s'
                         % type(net).__name__)
@@ -471,7 +472,7 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True, 
 def inference_nets(net, ctx, input_shape=None, dtype=None):
     """One :func:`inference_net` copy of ``net`` per context in ``ctx`` (a list), or ``net``
     itself for each when it is not a FaceResNet-based block (e.g. a SymbolBlock)."""
-    if _embedding_net(net) is None:
+    if backbone_of(net) is None:
         if dtype not in (None, 'float32'):
             raise ValueError('dtype %s needs a FaceResNet-based network, got %s'
                              % (dtype, type(net).__name__))
@@ -512,10 +513,10 @@ def set_compute_dtype(net, dtype='float32'):
 
 def compute_dtype_of(net):
     """The compute dtype of ``net``'s (first) FaceResNet backbone."""
-    for block in _blocks(net):
-        if isinstance(block, FaceResNet):
-            return block.compute_dtype
-    raise TypeError('%s has no FaceResNet backbone' % type(net).__name__)
+    backbone = backbone_of(net)
+    if backbone is None:
+        raise TypeError('%s has no FaceResNet backbone' % type(net).__name__)
+    return backbone.compute_dtype
 
 
 def _blocks(block):

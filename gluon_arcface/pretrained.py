@@ -27,6 +27,7 @@ from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import npx
 
 from .errors import CheckpointError
+from .model import backbone_of
 
 __all__ = ['find_backbone_file', 'backbone_input_norm', 'load_backbone']
 
@@ -107,13 +108,9 @@ def backbone_input_norm(source):
 
 
 def _backbone(net):
-    """The FaceResNet inside ``net`` (TrainBlock, TestBlock, FeatBlock, FaceResNet)."""
-    from .model import FaceResNet
-    if isinstance(net, FaceResNet):
-        return net
-    feat_net = getattr(net, 'feat_net', None)
-    if feat_net is not None and len(feat_net) == 1 and isinstance(feat_net[0], FaceResNet):
-        return feat_net[0]
+    backbone = backbone_of(net)
+    if backbone is not None:
+        return backbone
     raise TypeError('load_backbone takes a network with a FaceResNet backbone (TrainBlock, '
                     'TestBlock, FeatBlock, FaceResNet), got %s' % type(net).__name__)
 
