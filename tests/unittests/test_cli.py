@@ -157,3 +157,32 @@ def test_softmax_head_model_parallel_resumes(tiny_synthetic, tmp_path):
     arrays = mx.npx.load(os.path.join(out_dir, 'checkpoints', 'epoch-0002.params'))
     assert arrays['margin_block.fc7_weight'].shape == (12, 16)
     assert arrays['margin_block.fc7_bias'].shape == (12,)
+
+
+def test_unexpected_failure_is_one_line_and_the_traceback_is_kept(tiny_synthetic, tmp_path):
+    """An error from inside MXNet in the middle of an epoch (decoding threads running): exit
+    status 1, one 'error:' line naming where the traceback went, no abort of the process."""
+    out_dir = tmp_path / 'run'
+    code = '\n'.join([
+        'import runpy, sys',
+        'import mxnet as mx',
+        'import gluon_arcface.training as t',
+        'real, calls = t.data_parallel_step, []',
+        'def failing(*args, **kwargs):',
+        '    calls.append(1)',
+        '    if len(calls) == 2:',
+        "        raise mx.base.MXNetError('simulated operator failure')",
+        '    return real(*args, **kwargs)',
+        't.data_parallel_step = failing',
+        'sys.argv = sys.argv[1:]',
+        "runpy.run_path(sys.argv[0], run_name='__main__')"])
+    out = subprocess.run(
+        [sys.executable, '-c', code, TRAIN, '--data-dir', tiny_synthetic, '--val-targets',
+         SYNTHETIC_VAL, '--epochs', '1', '--batch-size', '8', '--emb-size', '16', '--output',
+         str(out_dir), '--no-progress', '--num-workers', '2'],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
+    errors = [line for line in out.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'simulated operator failure' in errors[0]
+    assert str(out_dir / 'train.log') in errors[0] and 'Traceback' not in out.stderr
+    assert 'Traceback' in (out_dir / 'train.log').read_text()
