@@ -20,6 +20,20 @@ def fixed_seeds():
     yield
 
 
+@pytest.fixture(scope='session')
+def synthetic_faces(tmp_path_factory):
+    """``make(identities, images, heldout, pairs, size, seed=0)``: a new faces-synthetic
+    folder of those sizes (make_faces_synthetic), e.g. for a run of scripts/train.py."""
+    from gluon_arcface.synthetic import make_faces_synthetic
+
+    def make(identities, images, heldout, pairs, size, seed=0):
+        root = tmp_path_factory.mktemp('faces-%d-%d-%d' % (identities, images, size))
+        make_faces_synthetic(str(root), num_identities=identities, images_per_identity=images,
+                             num_heldout=heldout, num_pairs=pairs, image_size=size, seed=seed)
+        return str(root)
+    return make
+
+
 @pytest.fixture
 def make_tiny_rec():
     """``make(folder, num_classes, per_class=8)``: train.rec/.idx + property of random 16x16 PNGs

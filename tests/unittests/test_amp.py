@@ -14,7 +14,7 @@ import gluon_arcface as gaf
 from gluon_arcface import checkpoint as ckpt
 from gluon_arcface import parallel, precision
 from gluon_arcface.model import compute_dtype_of, set_compute_dtype
-from gluon_arcface.synthetic import SYNTHETIC_VAL, make_faces_synthetic
+from gluon_arcface.synthetic import SYNTHETIC_VAL
 
 CTX2 = [mx.cpu(0), mx.cpu(1)]
 
@@ -201,13 +201,10 @@ def test_loss_scale_skips_overflowing_steps():
 
 
 @needs_bf16
-def test_cli_amp_reaches_the_run(tmp_path):
+def test_cli_amp_reaches_the_run(tmp_path, synthetic_faces):
     from test_cli import run_train
-    root = tmp_path / 'data'
-    root.mkdir()
-    make_faces_synthetic(str(root), num_identities=6, images_per_identity=4, num_heldout=4,
-                         num_pairs=10, image_size=16)
-    out = run_train('--data-dir', str(root), '--val-targets', SYNTHETIC_VAL, '--emb-size', '16',
+    root = synthetic_faces(6, 4, 4, 10, 16)
+    out = run_train('--data-dir', root, '--val-targets', SYNTHETIC_VAL, '--emb-size', '16',
                     '--batch-size', '8', '--epochs', '1', '--amp', '--no-progress',
                     '--output', str(tmp_path / 'run'), '--num-workers', '1')
     assert out.returncode == 0, out.stderr[-2000:]

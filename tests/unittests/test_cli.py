@@ -18,11 +18,8 @@ TRAIN = os.path.join(ROOT, 'scripts', 'train.py')
 
 
 @pytest.fixture(scope='module')
-def tiny_synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp('faces-synthetic-tiny')
-    make_faces_synthetic(str(root), num_identities=12, images_per_identity=4, num_heldout=8,
-                         num_pairs=20, image_size=16)
-    return str(root)
+def tiny_synthetic(synthetic_faces):
+    return synthetic_faces(12, 4, 8, 20, 16)
 
 
 def run_train(*args, env=None):

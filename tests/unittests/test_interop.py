@@ -15,7 +15,7 @@ from mxnet import np as mnp
 import gluon_arcface as gaf
 from gluon_arcface import interop
 from gluon_arcface.errors import CheckpointError
-from gluon_arcface.synthetic import SYNTHETIC_VAL, generate_faces, make_faces_synthetic
+from gluon_arcface.synthetic import SYNTHETIC_VAL, generate_faces
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 try:
@@ -191,13 +191,10 @@ def run_script(name, *args):
 
 
 @needs_onnx
-def test_verify_script_on_a_run_its_export_and_its_onnx(tmp_path):
-    data = tmp_path / 'data'
-    data.mkdir()
-    make_faces_synthetic(str(data), num_identities=8, images_per_identity=4, num_heldout=6,
-                         num_pairs=20, image_size=32)
+def test_verify_script_on_a_run_its_export_and_its_onnx(tmp_path, synthetic_faces):
+    data = synthetic_faces(8, 4, 6, 20, 32)
     run = str(tmp_path / 'run')
-    out = run_script('train.py', '--data-dir', str(data), '--val-targets', SYNTHETIC_VAL,
+    out = run_script('train.py', '--data-dir', data, '--val-targets', SYNTHETIC_VAL,
                      '--emb-size', '16', '--batch-size', '8', '--epochs', '1', '--output', run,
                      '--no-progress', '--num-workers', '1', '--seed', '1')
     assert out.returncode == 0, out.stderr[-2000:]
@@ -206,7 +203,7 @@ def test_verify_script_on_a_run_its_export_and_its_onnx(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     tables = []
     for model in (run, os.path.join(run, 'model', 'faceresnet18'), onnx_path):
-        out = run_script('verify.py', '--model', model, '--data-dir', str(data), '--targets',
+        out = run_script('verify.py', '--model', model, '--data-dir', data, '--targets',
                          SYNTHETIC_VAL, '--no-progress', '--output', str(tmp_path / 'v'))
         assert out.returncode == 0, out.stderr[-2000:]
         tables.append(out.stdout.split('\nwrote')[0])

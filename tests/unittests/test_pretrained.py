@@ -91,24 +91,19 @@ def test_another_network_is_refused_with_both_shapes(tmp_path):
         load_backbone(target, str(tmp_path / 'junk.params'))
 
 
-def test_cli_fine_tunes_from_a_run(tmp_path):
+def test_cli_fine_tunes_from_a_run(tmp_path, synthetic_faces):
     """scripts/train.py --pretrained RUN: the backbone starts from RUN's best checkpoint, the
     head is new (another number of identities), and a frozen first epoch leaves it unchanged."""
     from test_cli import run_train  # noqa: E402 - the shared helper
-    from gluon_arcface.synthetic import SYNTHETIC_VAL, make_faces_synthetic
-    first, second = tmp_path / 'a', tmp_path / 'b'
-    first.mkdir()
-    second.mkdir()
-    make_faces_synthetic(str(first), num_identities=6, images_per_identity=4, num_heldout=4,
-                         num_pairs=10, image_size=16, seed=1)
-    make_faces_synthetic(str(second), num_identities=5, images_per_identity=4, num_heldout=4,
-                         num_pairs=10, image_size=16, seed=2)
+    from gluon_arcface.synthetic import SYNTHETIC_VAL
+    first = synthetic_faces(6, 4, 4, 10, 16, seed=1)
+    second = synthetic_faces(5, 4, 4, 10, 16, seed=2)
     common = ['--val-targets', SYNTHETIC_VAL, '--emb-size', '16', '--batch-size', '8',
               '--no-progress', '--num-workers', '1', '--seed', '1']
-    out = run_train('--data-dir', str(first), '--epochs', '1', '--output', str(tmp_path / 'r1'),
+    out = run_train('--data-dir', first, '--epochs', '1', '--output', str(tmp_path / 'r1'),
                     *common)
     assert out.returncode == 0, out.stderr[-2000:]
-    out = run_train('--data-dir', str(second), '--epochs', '1', '--output',
+    out = run_train('--data-dir', second, '--epochs', '1', '--output',
                     str(tmp_path / 'r2'), '--pretrained', str(tmp_path / 'r1'),
                     '--freeze-epochs', '1', *common)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -120,7 +115,7 @@ def test_cli_fine_tunes_from_a_run(tmp_path):
     conv = 'feat_net.0.features.0.weight'
     onp.testing.assert_array_equal(a[conv].asnumpy(), b[conv].asnumpy())  # frozen
     assert b['margin_block.fc7_weight'].shape == (5, 16)
-    out = run_train('--data-dir', str(second), '--epochs', '1', '--output',
+    out = run_train('--data-dir', second, '--epochs', '1', '--output',
                     str(tmp_path / 'r3'), '--pretrained', str(tmp_path / 'r1'), *common[:2],
                     '--emb-size', '32', *common[4:])
     assert out.returncode == 1 and 'error:' in out.stderr and '--emb-size' in out.stderr

@@ -15,15 +15,12 @@ from mxnet import gluon
 import gluon_arcface as gaf
 from gluon_arcface import config, recipe
 from gluon_arcface.augment import AugmentSettings
-from gluon_arcface.synthetic import SYNTHETIC_VAL, make_faces_synthetic
+from gluon_arcface.synthetic import SYNTHETIC_VAL
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp('tiny-faces')
-    make_faces_synthetic(str(root), num_identities=6, images_per_identity=6, num_heldout=6,
-                         num_pairs=12, image_size=16)
-    return str(root)
+def tiny(synthetic_faces):
+    return synthetic_faces(6, 6, 6, 12, 16)
 
 
 class Spy:
