@@ -20,6 +20,7 @@ from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import np as mnp
 
 from .errors import FaceDataError, UnsafePickleError
+from .devices import available_memory
 from .fileio import atomic_write
 from .images import decode_image, resize_face
 
@@ -402,7 +403,7 @@ def load_bin(path, image_size=(112, 112)):
     images, issame = read_bin(path)
     height, width = image_size
     need = 2 * len(images) * 3 * height * width * 4
-    available = _available_memory()
+    available = available_memory()
     if available is not None and need > available:
         raise FaceDataError(path, '%d images at %dx%d need %.1f GB as float32 (originals and '
                             'flipped), but only %.1f GB of memory is available'
@@ -413,18 +414,6 @@ def load_bin(path, image_size=(112, 112)):
     out *= 1.0 / 255
     flipped = np.ascontiguousarray(out[:, :, :, ::-1])
     return [mnp.array(out), mnp.array(flipped)], issame
-
-
-def _available_memory():
-    """Bytes of memory available (Linux /proc/meminfo), or None where unknown."""
-    try:
-        with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def write_bin(path, images, issame, protocol=4):

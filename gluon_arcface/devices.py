@@ -10,7 +10,7 @@ import mxnet as mx
 
 from .errors import ConfigError
 
-__all__ = ['as_contexts']
+__all__ = ['as_contexts', 'available_memory']
 
 
 def _parse(item):
@@ -52,3 +52,16 @@ def as_contexts(ctx=None, net=None):
             raise ConfigError('no device given: expected at least one context')
         return [_parse(item) for item in ctx]
     return [_parse(ctx)]
+
+
+def available_memory():
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None where
+    unknown."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

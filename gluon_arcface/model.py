@@ -28,7 +28,7 @@ __all__ = ['BasicBlockV3', 'FaceResNet', 'get_faceresnet', 'faceresnet_spec',
            'TrainBlock', 'TestBlock', 'PReLU', 'bn_prelu_conv', 'inference_net',
            'inference_nets', 'mkldnn_enabled', 'dropout_rate', 'BN_EPS', 'STANDARDIZE_EPS',
            'PRELU_INIT', 'CHAPTER_DROPOUT', 'COMPUTE_DTYPES', 'set_compute_dtype',
-           'compute_dtype_of', 'backbone_of']
+           'compute_dtype_of', 'backbone_of', 'estimate_step_memory']
 
 BN_EPS = 2e-5
 STANDARDIZE_EPS = 2e-5
@@ -276,6 +276,38 @@ class FaceResNet(_Precision, nn.HybridBlock):
         # The embedding layer and everything after it (standardisation, margin head, loss) in
         # float32.
         return self.output(F.amp_cast(_legacy(x), dtype='float32').as_np_ndarray())
+
+
+# Peak memory of a training step on CPU, measured with scripts/benchmark.py's memory cases
+# (FaceResNet-18, 112x112, SGD with momentum): 774 MB at batch 8, 2305 MB at batch 32, i.e.
+# 64 MB per image (33 MB with bfloat16) above what the parameters take.
+_STEP_MB_PER_IMAGE = {'float32': 64.0, 'bfloat16': 33.0, 'float16': 33.0}
+
+
+def _activation_units(units, image_size):
+    """Activation elements a training step keeps per image (stem + residual stages), up to a
+    constant: what the memory of a step scales with."""
+    h, w = image_size
+    total = 64 * h * w  # the stem, at full resolution
+    for i, (count, channels) in enumerate(zip(units, CHANNELS)):
+        total += count * channels * (h >> (i + 1)) * (w >> (i + 1))
+    return total
+
+
+def estimate_step_memory(num_layers, image_size, batch_size, emb_size=256, num_classes=1000,
+                         dtype='float32'):
+    """Bytes a training step of FaceResNet-``num_layers`` on the CPU needs: the activations of
+    ``batch_size`` images of ``image_size`` (scaled from FaceResNet-18 at 112x112, measured),
+    and the parameters with their gradients and momentum (fc7 included). An estimate, to warn
+    before the operating system kills a run that cannot fit."""
+    units = faceresnet_spec(num_layers)
+    scale = _activation_units(units, image_size) / _activation_units(UNITS[18], (112, 112))
+    per_image = _STEP_MB_PER_IMAGE[dtype] * scale * 2 ** 20
+    h, w = image_size
+    # Backbone parameters (IR units: two 3x3 convolutions per unit) and the embedding layer.
+    params = 64 * 27 + sum(count * 2 * 9 * c * c for count, c in zip(units, CHANNELS))
+    params += 512 * (h // 16) * (w // 16) * emb_size + num_classes * emb_size
+    return int(batch_size * per_image + params * 4 * 3 + 200 * 2 ** 20)
 
 
 def dropout_rate(use_dropout):

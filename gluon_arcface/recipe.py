@@ -19,14 +19,14 @@ from .augment import PROBABILITIES
 from .cli import log_to_file
 from .config import SYNTHETIC_VAL, TrainConfig
 from .datasets import load_data_face_rec, read_facerec_meta
-from .devices import as_contexts
+from .devices import as_contexts, available_memory
 from .fileio import write_json
 from .distributed import WorkerGroup, create_kvstore, create_trainer
 from .errors import ConfigError, DownloadError
 from .hub import download_extract
 from .interop import export_embedding_net, write_model_info
 from .margin import MARGIN_PRESETS, SoftmaxBlock, adacos_fixed_scale
-from .model import CHAPTER_DROPOUT, TrainBlock, set_compute_dtype
+from .model import CHAPTER_DROPOUT, TrainBlock, estimate_step_memory, set_compute_dtype
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
 from .precision import amp_dtype
 from .pretrained import backbone_input_norm, load_backbone
@@ -99,6 +99,31 @@ def _describe_augment(c, augment):
     return '%s (%s)' % (c.augment, ', '.join(ops))
 
 
+def _check_memory(c, ctx, image_size, num_classes, num_workers, log):
+    """Refuse (or warn about) a batch that the CPU's memory cannot hold, before the operating
+    system kills the run: the chapter's batch of 512 at 112x112 needs about 33 GB."""
+    if not all(x.device_type == 'cpu' for x in ctx):
+        return
+    available = available_memory()
+    if available is None:
+        return
+    dtype = amp_dtype(ctx)[0] if c.amp else 'float32'
+    batch = c.batch_size // num_workers
+    need = estimate_step_memory(c.num_layers, image_size, batch, c.emb_size, num_classes, dtype)
+    if need <= 0.8 * available:
+        return
+    fits = max(1, int(batch * 0.8 * available / need))
+    text = ('a training step of FaceResNet-%d at %dx%d with a batch of %d needs about %.1f GB '
+            'of memory (%s), and %.1f GB are available'
+            % (c.num_layers, image_size[0], image_size[1], batch, need / 2 ** 30, dtype,
+               available / 2 ** 30))
+    advice = ('use --batch-size %d or less, --amp (bfloat16 halves it), or a smaller '
+              '--image-size' % (fits * num_workers))
+    if need > available:
+        raise ConfigError('%s: %s' % (text, advice))
+    log('warning: %s; if the run is killed, %s' % (text, advice))
+
+
 def resolve_data_dir(dataset=None, data_dir=None):
     """A folder with property/train.rec/... from ``data_dir`` or the hub name ``dataset``."""
     if data_dir:
@@ -161,6 +186,7 @@ def _train(c, ctx, kv, group, log):
     data_dir = resolve_data_dir(c.dataset, c.data_dir)
     data_size, num_classes = read_facerec_meta(data_dir)
     image_size = tuple(c.image_size or data_size)
+    _check_memory(c, ctx, image_size, num_classes, group.num_workers, log)
     num_workers = c.num_workers if c.num_workers is not None else decoding_workers(
         on_gpu=any(x.device_type == 'gpu' for x in ctx))
     augment = c.augment_settings()

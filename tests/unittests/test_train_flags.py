@@ -148,3 +148,43 @@ def test_softmax_dataset_and_resume_flags(tiny, tmp_path, monkeypatch):
         config.TrainConfig.from_dict(dict(saved['settings'], epochs=1, resume=False))
     assert spy.calls['train_ch_facerec'][1]['resume'] is True
     assert [e['epoch'] for e in metrics['epochs']] == [1, 2]
+
+
+def test_a_batch_the_memory_cannot_hold_is_refused_before_training(tiny, tmp_path, monkeypatch):
+    """The chapter's batch of 512 at 112x112 needs about 33 GB on a CPU; a run that cannot fit
+    stops with a ConfigError saying what to change, instead of being killed by the system."""
+    from gluon_arcface.model import estimate_step_memory
+    need = estimate_step_memory(18, (112, 112), 512, 256, 300)
+    assert 28 * 2 ** 30 < need < 40 * 2 ** 30  # 64 MB per image measured at batch 8 and 32
+    assert estimate_step_memory(18, (112, 112), 512, dtype='bfloat16') < 0.6 * need
+    monkeypatch.setattr(recipe, 'available_memory', lambda: 2 ** 30)  # 1 GB left
+    spy = Spy(monkeypatch)
+    with pytest.raises(gaf.ConfigError, match=r'batch of 512 needs about .* GB.*'
+                                              r'--batch-size \d+ or less, --amp'):
+        recipe.fit(config.TrainConfig(data_dir=tiny, val_targets=(SYNTHETIC_VAL,),
+                                      output=str(tmp_path / 'run'), image_size=(112, 112)))
+    assert not spy.calls  # nothing started
+    lines = []
+    monkeypatch.setattr(recipe, 'available_memory',
+                        lambda: int(1.1 * estimate_step_memory(18, (16, 16), 8, 16, 6)))
+    monkeypatch.setattr(recipe, 'log_to_file', _Capture(lines))
+    recipe.fit(config.TrainConfig(data_dir=tiny, val_targets=(), output=str(tmp_path / 'r2'),
+                                  batch_size=8, emb_size=16, epochs=1, progress=False,
+                                  export=False))
+    assert any(line.startswith('warning: a training step') for line in lines)
+
+
+class _Capture:
+    """Stands in for cli.log_to_file: collects the lines."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __call__(self, path, enabled=True):
+        return self
+
+    def __enter__(self):
+        return lambda *parts: self.lines.append(' '.join(str(p) for p in parts))
+
+    def __exit__(self, *exc):
+        return False
