@@ -22,9 +22,11 @@ from mxnet import np as mnp
 from mxnet import npx
 from mxnet.gluon import nn
 
+from .errors import ConfigError
+
 __all__ = ['ArcMarginBlock', 'SoftmaxBlock', 'MARGIN_PRESETS', 'HEAD_STATE',
            'margin_target_logit', 'adacos_fixed_scale', 'adacos_scale', 'set_head_state',
-           'head_state', 'NORM_EPS', 'COS_CLIP']
+           'head_state', 'margin_settings', 'NORM_EPS', 'COS_CLIP']
 
 # (margin_a, margin_m, margin_b) of each loss; s = 64 for all of them.
 MARGIN_PRESETS = {
@@ -88,6 +90,37 @@ def head_state(net):
         params = list(net.collect_params('.*_' + name + '$').values())
         if params:
             out[name] = float(params[0].list_data()[0].asnumpy()[0])
+    return out
+
+
+def margin_settings(loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None,
+                    num_classes=None):
+    """ArcMarginBlock keyword arguments: the preset of ``loss``, overridden by explicit values.
+
+    ``margin_s``: a number; ``'auto'``: AdaCos's fixed scale sqrt(2) ln(C - 1) for
+    ``num_classes`` C; ``'adacos'``: dynamic AdaCos, starting from that value
+    (``adaptive_scale=True``). ``loss='softmax'`` returns None (a plain fully connected head).
+    """
+    if loss == 'softmax':
+        if margin_s == 'adacos':
+            raise ConfigError("--margin-s adacos sizes the scale of a margin head; the softmax "
+                              "head has none: use --loss arcface, cosface or sphereface")
+        return None
+    if loss not in MARGIN_PRESETS:
+        raise ConfigError('unknown loss %r: expected one of %s or softmax'
+                          % (loss, ', '.join(sorted(MARGIN_PRESETS))))
+    out = dict(MARGIN_PRESETS[loss])
+    if margin_s in ('auto', 'adacos'):
+        if num_classes is None:
+            raise ConfigError('margin_s=%r needs the number of classes' % margin_s)
+        out['margin_s'] = adacos_fixed_scale(num_classes)
+        if margin_s == 'adacos':
+            out['adaptive_scale'] = True
+    else:
+        out['margin_s'] = float(margin_s)
+    for key, value in (('margin_m', margin_m), ('margin_a', margin_a), ('margin_b', margin_b)):
+        if value is not None:
+            out[key] = value
     return out
 
 

@@ -86,7 +86,7 @@ def class_ranges(num_classes, num_shards):
 def split_head(emb_size, num_classes, ctx, margin=None, softmax=False):
     """One head block per context over ``class_ranges(num_classes, len(ctx))``.
 
-    ArcMarginBlock(emb_size, n_i, **margin) (a preset from ``recipe.margin_settings`` or
+    ArcMarginBlock(emb_size, n_i, **margin) (a preset from ``margin.margin_settings`` or
     ``MARGIN_PRESETS``), or SoftmaxBlock when ``softmax``; block i's parameters live on ctx[i]
     only.
     """

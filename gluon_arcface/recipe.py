@@ -20,57 +20,26 @@ from .cli import log_to_file
 from .config import SYNTHETIC_VAL, TrainConfig
 from .datasets import load_data_face_rec, read_facerec_meta
 from .devices import as_contexts, available_memory
-from .fileio import write_json
 from .distributed import WorkerGroup, create_kvstore, create_trainer
 from .errors import ConfigError, DownloadError
+from .fileio import write_json
 from .hub import download_extract
 from .interop import export_embedding_net, write_model_info
-from .margin import MARGIN_PRESETS, SoftmaxBlock, adacos_fixed_scale
+from .margin import SoftmaxBlock, margin_settings
 from .model import CHAPTER_DROPOUT, TrainBlock, estimate_step_memory, set_compute_dtype
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
 from .precision import amp_dtype
 from .pretrained import backbone_input_norm, load_backbone
-from .schedules import TrainSchedule
 from .plotting import plot_history, plot_roc
+from .schedules import TrainSchedule
 from .threads import decoding_workers, thread_info
 from .training import make_test_net, train_ch_facerec
 from .verification import format_table, verify, verify_pixels
 
-__all__ = ['parse_ctx', 'margin_settings', 'resolve_data_dir', 'fit']
+__all__ = ['parse_ctx', 'resolve_data_dir', 'fit']
 
 
 parse_ctx = as_contexts  # the name scripts/train.py used before devices.py
-
-
-def margin_settings(loss='arcface', margin_s=64.0, margin_m=None, margin_a=None, margin_b=None,
-                    num_classes=None):
-    """ArcMarginBlock keyword arguments: the preset of ``loss``, overridden by explicit values.
-
-    ``margin_s``: a number; ``'auto'``: AdaCos's fixed scale sqrt(2) ln(C - 1) for
-    ``num_classes`` C; ``'adacos'``: dynamic AdaCos, starting from that value
-    (``adaptive_scale=True``). ``loss='softmax'`` returns None (a plain fully connected head).
-    """
-    if loss == 'softmax':
-        if margin_s == 'adacos':
-            raise ConfigError("--margin-s adacos sizes the scale of a margin head; the softmax "
-                              "head has none: use --loss arcface, cosface or sphereface")
-        return None
-    if loss not in MARGIN_PRESETS:
-        raise ConfigError('unknown loss %r: expected one of %s or softmax'
-                          % (loss, ', '.join(sorted(MARGIN_PRESETS))))
-    out = dict(MARGIN_PRESETS[loss])
-    if margin_s in ('auto', 'adacos'):
-        if num_classes is None:
-            raise ConfigError('margin_s=%r needs the number of classes' % margin_s)
-        out['margin_s'] = adacos_fixed_scale(num_classes)
-        if margin_s == 'adacos':
-            out['adaptive_scale'] = True
-    else:
-        out['margin_s'] = float(margin_s)
-    for key, value in (('margin_m', margin_m), ('margin_a', margin_a), ('margin_b', margin_b)):
-        if value is not None:
-            out[key] = value
-    return out
 
 
 def _describe_schedule(c):

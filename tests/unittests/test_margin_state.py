@@ -10,7 +10,7 @@ from mxnet import autograd, gluon
 from mxnet import np as mnp
 
 import gluon_arcface as gaf
-from gluon_arcface import parallel, recipe
+from gluon_arcface import parallel
 from gluon_arcface.margin import (adacos_fixed_scale, adacos_scale, head_state,
                                   set_head_state)
 
@@ -48,12 +48,12 @@ def test_fixed_adacos_scale():
     assert adacos_fixed_scale(300) == pytest.approx(8.06, abs=0.01)
     assert adacos_fixed_scale(10575) == pytest.approx(13.1, abs=0.05)
     assert adacos_fixed_scale(2) == 1.0  # ln(1) = 0 would switch the logits off
-    assert recipe.margin_settings('arcface', 'auto', num_classes=30)['margin_s'] == \
+    assert gaf.margin.margin_settings('arcface', 'auto', num_classes=30)['margin_s'] == \
         pytest.approx(math.sqrt(2) * math.log(29))
-    dynamic = recipe.margin_settings('cosface', 'adacos', num_classes=30)
+    dynamic = gaf.margin.margin_settings('cosface', 'adacos', num_classes=30)
     assert dynamic['adaptive_scale'] and dynamic['margin_b'] == 0.35
     with pytest.raises(gaf.ConfigError, match='softmax head has none'):
-        recipe.margin_settings('softmax', 'adacos', num_classes=30)
+        gaf.margin.margin_settings('softmax', 'adacos', num_classes=30)
 
 
 def test_dynamic_adacos_formula():
@@ -107,7 +107,7 @@ def test_adacos_over_two_devices_and_model_parallel_agree():
     """The data-parallel step (two CPU contexts) and the model-parallel head reach the same
     scale from the same batch, the state equal on every device and every block."""
     from test_model_parallel import batch, tiny_pair  # the shared tiny networks
-    margin = recipe.margin_settings('arcface', 'adacos', num_classes=8)
+    margin = gaf.margin.margin_settings('arcface', 'adacos', num_classes=8)
     import tempfile
     with tempfile.TemporaryDirectory() as folder:
         import pathlib

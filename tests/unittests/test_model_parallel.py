@@ -158,7 +158,7 @@ def head_grads(model):
 @pytest.mark.parametrize('loss', ['arcface', 'cosface', 'sphereface', 'softmax'])
 def test_margin_presets(tmp_path, loss):
     X, y = batch()
-    ref, model = tiny_pair(tmp_path, recipe.margin_settings(loss))
+    ref, model = tiny_pair(tmp_path, gaf.margin.margin_settings(loss))
     losses, _, _ = forward_backward(ref, gluon.loss.SoftmaxCrossEntropyLoss(), X, y, CTX2)
     loss_mp, _ = model.forward_backward(X, y, CTX2)
     onp.testing.assert_allclose(loss_mp.asnumpy(), onp.concatenate([l.asnumpy() for l in losses]),
@@ -184,7 +184,7 @@ def test_training_matches_the_single_head_and_resumes(tmp_path):
     """train_ch_facerec_parall (the sibling chapter's call) trains as train_ch_facerec does on
     the unsplit network; its checkpoints load into that network; a resumed run ends exactly as
     an uninterrupted one (parameters and optimizer states of every device)."""
-    margin = recipe.margin_settings('arcface')
+    margin = gaf.margin.margin_settings('arcface')
     ref, model = tiny_pair(tmp_path, margin)
     trainer = gluon.Trainer(ref.collect_params(), 'sgd',
                             {'learning_rate': 0.1, 'wd': 5e-4, 'momentum': 0.9})
