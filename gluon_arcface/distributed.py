@@ -132,13 +132,14 @@ class WorkerGroup:
                     'the optimizer states' % kv.type)
         return group
 
-    def check_lr_steps(self, lr_steps):
-        """dist_async: the servers' optimizer does not see learning-rate changes; refuse steps."""
-        if self.distributed and not self.sync and lr_steps:
+    def check_schedule(self, schedule):
+        """dist_async: the servers run the optimizer and never see a learning rate (or a
+        backbone multiplier) changed by the workers; refuse a schedule that changes one."""
+        if self.distributed and not self.sync and schedule.changes_lr:
             raise DistributedError(
-                'lr_steps %s with kvstore %s: the optimizer runs on the servers, which never see '
-                'a learning rate changed by the workers; use dist_sync or no steps'
-                % (list(lr_steps), self.kv.type))
+                'kvstore %s runs the optimizer on the servers, which never see a learning rate '
+                'changed by the workers: use dist_sync, or no --lr-steps, --lr-schedule cosine, '
+                '--warmup-epochs, --freeze-epochs or --backbone-lr-mult' % self.kv.type)
 
     def _key(self, name, like):
         keys = _KEYS.setdefault(self.kv, {})

@@ -81,6 +81,12 @@ class TrainSchedule:
         return 0.0 if progress < self.freeze_epochs else self.backbone_lr_mult
 
     @property
+    def changes_lr(self):
+        """Whether the learning rate of any parameter changes during training."""
+        return bool(self.lr_steps or self.lr_schedule == 'cosine' or self.warmup_epochs
+                    or self.freeze_epochs or self.backbone_lr_mult != 1.0)
+
+    @property
     def moves_margin(self):
         return bool(self.margin_hold or self.margin_warmup)
 

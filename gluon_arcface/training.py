@@ -200,7 +200,6 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     ctx = as_contexts(ctx, net)
     # Distributed runs (dist_* kvstores): rank, shared start and checkpoint state.
     group = WorkerGroup.of(trainer)
-    group.check_lr_steps(lr_steps)
     is_master = group.is_master if is_master is None else is_master
     states_trainer = group.checkpoint_trainer(trainer)
     precision = _mixed_precision(net, ctx, log) if amp else None
@@ -221,6 +220,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
     if schedule is None:
         schedule = TrainSchedule(trainer.learning_rate, num_epochs, lr_steps=lr_steps,
                                  lr_factor=lr_factor)
+    group.check_schedule(schedule)
     history, start_epoch, best = {'epochs': []}, 0, None
     if resume and checkpoint_dir:
         state = ckpt.latest_checkpoint(checkpoint_dir)

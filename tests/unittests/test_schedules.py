@@ -128,3 +128,25 @@ def test_cosine_reaches_zero_in_history():
     # The last step of epoch 2 runs at progress 2 - 1/6.
     last = 0.1 * 0.5 * (1 + math.cos(math.pi * (2 - 1 / 6) / 2))
     assert history['epochs'][1]['lr'] == pytest.approx(last)
+
+
+class _FakeKV:
+    """The attributes WorkerGroup reads from a dist KVStore."""
+
+    def __init__(self, type_):
+        self.type, self.rank, self.num_workers = type_, 0, 2
+
+
+@pytest.mark.parametrize('settings', [dict(lr_steps=(1,)), dict(lr_schedule='cosine'),
+                                      dict(warmup_epochs=0.5), dict(freeze_epochs=1),
+                                      dict(backbone_lr_mult=0.1)])
+def test_dist_async_refuses_a_schedule_that_changes_the_learning_rate(settings):
+    from gluon_arcface.distributed import WorkerGroup
+    from gluon_arcface.errors import DistributedError
+    schedule = TrainSchedule(0.1, 3, **settings)
+    with pytest.raises(DistributedError, match='dist_async'):
+        WorkerGroup(_FakeKV('dist_async')).check_schedule(schedule)
+    WorkerGroup(_FakeKV('dist_sync')).check_schedule(schedule)  # the workers run the optimizer
+    WorkerGroup(None).check_schedule(schedule)
+    # A constant learning rate (margin warm-up only) is fine on dist_async.
+    WorkerGroup(_FakeKV('dist_async')).check_schedule(TrainSchedule(0.1, 3, margin_warmup=1))
