@@ -98,9 +98,18 @@ class FaceEmbedder:
         self.ctx = as_contexts(ctx, net)[0]
 
     @classmethod
-    def load(cls, prefix, image_size=(112, 112), threshold=None, ctx=None, epoch=0):
-        from .interop import load_embedding_net
-        return cls(load_embedding_net(prefix, ctx, epoch), image_size, threshold, ctx)
+    def load(cls, model, image_size=None, threshold=None, ctx=None, epoch=None):
+        """From anything :func:`~gluon_arcface.interop.load_face_model` takes (a run folder, an
+        exported model, an InsightFace checkpoint, an .onnx file). The input size comes from the
+        model and the threshold from its ``model.json`` (when it holds one verification set's)
+        unless given."""
+        from .interop import load_face_model, read_model_info
+        net, model_size, source = load_face_model(model, ctx, epoch)
+        if threshold is None and not source.lower().endswith('.onnx'):
+            thresholds = (read_model_info(source) or {}).get('cos_threshold') or {}
+            if len(thresholds) == 1:
+                threshold = float(next(iter(thresholds.values())))
+        return cls(net, image_size or model_size, threshold, ctx)
 
     def embed(self, images):
         if images and isinstance(images[0], (str, os.PathLike)):

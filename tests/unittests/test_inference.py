@@ -75,5 +75,10 @@ def test_export_and_import_give_equal_outputs(test_net, tmp_path):
                                 gaf.embed_images([image(5)], test_net, image_size=(16, 16)),
                                 rtol=1e-4, atol=1e-6)
     assert embedder.compare(image(5), image(5))[1]
+    # A model that knows its input size and threshold (model.json, as train.py writes it).
+    gaf.interop.write_model_info(str(tmp_path / 'deploy'), (16, 16), 16, 18,
+                                 cos_threshold={'val': 0.25})
+    embedder = gaf.FaceEmbedder.load(str(tmp_path / 'deploy' / 'faceresnet18'))
+    assert embedder.image_size == (16, 16) and embedder.threshold == pytest.approx(0.25)
     with pytest.raises(FileNotFoundError, match='missing-symbol.json'):
         gaf.load_embedding_net(str(tmp_path / 'missing'))
