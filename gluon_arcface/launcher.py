@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from .errors import DistributedError
+from .errors import ConfigError, DistributedError
 from .threads import cgroup_cpu_limit, physical_cores, user_threads
 
 __all__ = ['LAUNCHERS', 'launcher_script', 'launch']
@@ -39,8 +39,8 @@ def _command_line(command, launcher):
     # ssh/mpi wrap the command in single quotes on a remote shell: no quoting can pass through.
     bad = [arg for arg in command if shlex.quote(arg) != arg]
     if bad:
-        raise ValueError('the %s launcher passes the command through a remote shell unquoted; '
-                         'these arguments need quoting: %s' % (launcher, ' '.join(bad)))
+        raise ConfigError('the %s launcher passes the command through a remote shell unquoted; '
+                          'these arguments need quoting: %s' % (launcher, ' '.join(bad)))
     return ' '.join(command)
 
 
@@ -106,16 +106,16 @@ def launch(command, num_workers, num_servers=None, launcher='local', hostfile=No
     """
     command = list(command)
     if not command:
-        raise ValueError('launch: no command given; expected e.g. python scripts/train.py '
-                         '--kvstore dist_sync ...')
+        raise ConfigError('launch: no command given; expected e.g. python scripts/train.py '
+                          '--kvstore dist_sync ...')
     if launcher not in LAUNCHERS:
-        raise ValueError('unknown launcher %r: expected one of %s'
-                         % (launcher, ', '.join(LAUNCHERS)))
+        raise ConfigError('unknown launcher %r: expected one of %s'
+                          % (launcher, ', '.join(LAUNCHERS)))
     if launcher in ('ssh', 'mpi') and not hostfile:
-        raise ValueError('the %s launcher needs a host file (one host[:port] per line)' % launcher)
+        raise ConfigError('the %s launcher needs a host file (one host[:port] per line)' % launcher)
     if num_workers < 1 or (num_servers is not None and num_servers < 1):
-        raise ValueError('expected at least one worker and one server, got %s workers, %s servers'
-                         % (num_workers, num_servers))
+        raise ConfigError('expected at least one worker and one server, got %s workers, %s servers'
+                          % (num_workers, num_servers))
     args = ['-n', str(num_workers), '-s', str(num_servers or num_workers), '--launcher', launcher]
     child_env = dict(os.environ)
     if threads is None and launcher == 'local' and user_threads() is None:

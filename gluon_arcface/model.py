@@ -22,6 +22,7 @@ from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import init
 from mxnet.gluon import nn
 
+from .errors import ConfigError
 from .margin import ArcMarginBlock
 
 __all__ = ['BasicBlockV3', 'FaceResNet', 'get_faceresnet', 'faceresnet_spec',
@@ -506,8 +507,8 @@ def inference_nets(net, ctx, input_shape=None, dtype=None):
     itself for each when it is not a FaceResNet-based block (e.g. a SymbolBlock)."""
     if backbone_of(net) is None:
         if dtype not in (None, 'float32'):
-            raise ValueError('dtype %s needs a FaceResNet-based network, got %s'
-                             % (dtype, type(net).__name__))
+            raise ConfigError('dtype %s needs a FaceResNet-based network, got %s'
+                              % (dtype, type(net).__name__))
         return [net] * len(ctx)
     return [inference_net(net, input_shape, ctx=c, warmup=False, dtype=dtype) for c in ctx]
 
