@@ -92,19 +92,21 @@ def backbone_input_norm(source):
     if kind == 'insightface':
         from .interop import INSIGHTFACE_INPUT_NORM
         return INSIGHTFACE_INPUT_NORM
-    folder = os.path.dirname(os.path.abspath(path))
-    for candidate, key in ((os.path.join(folder, 'model.json'), None),
-                           (os.path.join(os.path.dirname(folder), 'config.json'), 'resolved')):
-        if os.path.isfile(candidate):
-            try:
-                with open(candidate, encoding='utf-8') as f:
-                    info = json.load(f)
-                info = info.get(key, {}) if key else info
-            except (OSError, ValueError, AttributeError):
-                continue
-            norm = info.get('input_norm') if isinstance(info, dict) else None
-            return tuple(norm) if norm else None
-    return None
+    from .interop import read_model_info
+    info = read_model_info(path)  # model.json beside an export; CheckpointError if unreadable
+    if info is None:
+        config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))),
+                              'config.json')  # a run's checkpoints/ -> the run's config.json
+        if not os.path.isfile(config):
+            return None
+        try:
+            with open(config, encoding='utf-8') as f:
+                info = json.load(f).get('resolved')  # None in runs of older versions
+        except (OSError, ValueError, AttributeError) as e:
+            raise CheckpointError('%s: expected the JSON a run writes (%s: %s)'
+                                  % (config, type(e).__name__, e)) from None
+    norm = info.get('input_norm') if isinstance(info, dict) else None
+    return tuple(norm) if norm else None
 
 
 def _backbone(net):

@@ -12,7 +12,7 @@ from mxnet import np as mnp
 
 import gluon_arcface as gaf
 from gluon_arcface.errors import CheckpointError
-from gluon_arcface.pretrained import find_backbone_file, load_backbone
+from gluon_arcface.pretrained import backbone_input_norm, find_backbone_file, load_backbone
 
 EMB = 16
 
@@ -72,6 +72,13 @@ def test_from_an_exported_model_and_a_run_folder(tmp_path):
     feat = gaf.FeatBlock(18, EMB, True)
     load_backbone(feat, str(run))
     assert_same_backbone(other, feat)
+    # The run's config.json says which input normalisation the backbone learnt with; one that
+    # cannot be read is an error naming it, not a silent guess.
+    (run / 'config.json').write_text('{"settings": {}, "resolved": {"input_norm": [0.5, 2.0]}}')
+    assert backbone_input_norm(str(run)) == (0.5, 2.0)
+    (run / 'config.json').write_text('{"settings": ')
+    with pytest.raises(CheckpointError, match='config.json'):
+        backbone_input_norm(str(run))
 
 
 def test_another_network_is_refused_with_both_shapes(tmp_path):
