@@ -124,14 +124,9 @@ def mx_train_case(mode, num_layers=18, batch_size=32, image_size=112, num_classe
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     X, y = _batch(batch_size, image_size, num_classes)
     X, y = mnp.array(X), mnp.array(y)
-    batch_step = getattr(training, 'data_parallel_step', None)
 
     def step():
-        if batch_step is not None:
-            batch_step(net, loss, ctx, X, y)  # what train_ch_facerec runs per batch
-        else:
-            losses = training.forward_backward(net, loss, X, y, ctx)[0]
-            sum(float(part.sum()) for part in losses)
+        training.data_parallel_step(net, loss, ctx, X, y)  # what train_ch_facerec runs per batch
         trainer.step(batch_size)
         mx.nd.waitall()
     return step

@@ -159,7 +159,8 @@ class TrainConfig:
         'arcface', 'margin preset: arcface (m=0.5), cosface (b=0.35), sphereface (a=1.35) or a '
         'plain softmax head', 'model', choices=LOSSES)
     margin_s: typing.Union[float, str] = _setting(
-        64.0, 'logit scale s', 'model', parse=_scale, metavar='S')
+        64.0, "logit scale s; 'auto': fixed AdaCos sqrt(2)*ln(C-1) for C identities; "
+        "'adacos': dynamic AdaCos, updated every step", 'model', parse=_scale, metavar='S')
     margin_m: typing.Optional[float] = _setting(
         None, 'additive angular margin m', 'model', default_text="the loss's preset")
     margin_a: typing.Optional[float] = _setting(

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .align import _image_size, align_face, check_landmarks
 from .binfile import load_bin, write_bin
-from .images import decode_image
+from .images import decode_image, resize_face
 from .datasets import (IMAGE_EXTENSIONS, FaceFolderDataset, FaceRecordDataset, list_val_targets,
                        read_facerec_meta, write_property)
 from .errors import FaceDataError, ImageDecodeError
@@ -227,9 +227,7 @@ class _FaceEncoder:
             self.aligned += 1
             self.used_landmarks.add(_rel_key(rel))
         elif img.shape[:2] != (height, width):
-            shrink = img.shape[0] > height or img.shape[1] > width
-            img = cv2.resize(img, (width, height),
-                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            img = resize_face(img, (height, width))
             self.resized += 1
         ok, buf = cv2.imencode('.jpg', cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                [int(cv2.IMWRITE_JPEG_QUALITY), self.jpeg_quality])

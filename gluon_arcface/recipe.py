@@ -36,10 +36,7 @@ from .threads import decoding_workers, thread_info
 from .training import make_test_net, train_ch_facerec
 from .verification import format_table, verify, verify_pixels
 
-__all__ = ['parse_ctx', 'resolve_data_dir', 'fit']
-
-
-parse_ctx = as_contexts  # the name scripts/train.py used before devices.py
+__all__ = ['resolve_data_dir', 'fit']
 
 
 def _describe_schedule(c):
@@ -264,7 +261,7 @@ def _train(c, ctx, kv, group, log):
         log('exported the embedding network to %s-symbol.json / -0000.params' % prefix)
     if results:
         log('\n' + format_table(dict(results, **pixels)))
-    log('wrote %s' % ', '.join(os.path.join(output, f) for f in
-                               ('metrics.json', 'curves.png', 'roc.png', 'train.log')))
+    written = ('metrics.json', 'curves.png') + (('roc.png',) if results else ()) + ('train.log',)
+    log('wrote %s' % ', '.join(os.path.join(output, f) for f in written))
     return metrics
 

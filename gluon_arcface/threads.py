@@ -22,7 +22,8 @@ __all__ = ['THREAD_ENV', 'THREADS_HELP', 'THREADS_DEFAULT', 'allowed_cpus', 'cpu
 
 THREAD_ENV = ('MXNET_OMP_MAX_THREADS', 'OMP_NUM_THREADS')  # MXNet reads them in this order
 THREADS_HELP = 'CPU compute threads'
-THREADS_DEFAULT = 'OMP_NUM_THREADS if set, else the physical cores available'
+THREADS_DEFAULT = ('MXNET_OMP_MAX_THREADS or OMP_NUM_THREADS if set, else the physical cores '
+                   'available')
 SYS_CPU = '/sys/devices/system/cpu'
 CGROUP_ROOT = '/sys/fs/cgroup'
 

@@ -1,11 +1,11 @@
 """The benchmark's reference: the same FaceResNet and ArcFace training step in PyTorch.
 
-Only ``gluon_arcface.benchmark`` imports this module, and only when PyTorch is installed (it is
-not a dependency of the package). The networks mirror ``model.FaceResNet`` / ``TrainBlock``
-layer for layer (IR blocks with PReLU, BN eps 2e-5, batch standardisation, ArcFace s=64 m=0.5),
-so the images/s compare like with like. ``bf16=True`` runs the backbone under
-``torch.autocast('cpu', dtype=torch.bfloat16)`` and the head and loss in float32, as
-``--amp`` does in MXNet.
+Only ``gluon_arcface.benchmark`` imports this module; it imports PyTorch (not a dependency of
+the package) inside its functions, which the benchmark calls only when PyTorch is installed.
+The networks mirror ``model.FaceResNet`` / ``TrainBlock`` layer for layer (IR blocks with
+PReLU, BN eps 2e-5, batch standardisation, ArcFace s=64 m=0.5), so the images/s compare like
+with like. ``bf16=True`` runs the backbone under ``torch.autocast('cpu', dtype=torch.bfloat16)``
+and the head and loss in float32, as ``--amp`` does in MXNet.
 """
 import numpy as np
 

@@ -61,7 +61,7 @@ class VerificationResult:
     thresholds: np.ndarray = dataclasses.field(repr=False)
 
     def as_dict(self):
-        """The scalar fields, JSON-ready (what metrics.json and verification.json hold)."""
+        """The scalar fields, JSON-ready (what scripts/verify.py's verification.json holds)."""
         return {f.name: (float(v) if isinstance(v, (float, np.floating)) else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]
                 if not isinstance(v, np.ndarray)}
