@@ -22,7 +22,7 @@ from mxnet import np as mnp
 from .errors import FaceDataError, UnsafePickleError
 from .devices import available_memory
 from .fileio import atomic_write
-from .images import decode_image, resize_face
+from .images import decode_image, resize_face, to_network_input
 
 __all__ = ['load_bin', 'read_bin', 'write_bin']
 
@@ -410,8 +410,7 @@ def load_bin(path, image_size=(112, 112)):
                             % (len(images), height, width, need / 2 ** 30, available / 2 ** 30))
     out = np.empty((len(images), 3, height, width), dtype=np.float32)
     for i, buf in enumerate(images):
-        out[i] = resize_face(decode_image(buf, path, i), (height, width)).transpose(2, 0, 1)
-    out *= 1.0 / 255
+        to_network_input(resize_face(decode_image(buf, path, i), (height, width)), out=out[i])
     flipped = np.ascontiguousarray(out[:, :, :, ::-1])
     return [mnp.array(out), mnp.array(flipped)], issame
 

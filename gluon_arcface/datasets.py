@@ -19,7 +19,7 @@ from mxnet import np as mnp
 
 from .augment import AUGMENT_PRESETS, FaceAugment
 from .binfile import load_bin
-from .images import decode_image, resize_face
+from .images import decode_image, resize_face, to_network_input
 from .errors import FaceDataError, ImageDecodeError
 from .fileio import write_text
 from .recordio import KeySequence, RecordReader
@@ -362,7 +362,7 @@ class FaceTrainTransform:
             img = resize_face(img, self.image_size)
         if self.augment.active:
             img = self._augment(img, self._rng())
-        return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * (1.0 / 255)
+        return to_network_input(img)
 
     def __getstate__(self):
         return {'flip': self.flip, 'seed': self.seed, 'augment': self.augment,

@@ -3,7 +3,8 @@
 ``decode_image`` turns the JPEG/PNG/BMP bytes found in RecordIO files, .bin files and image
 folders into RGB uint8 arrays, refusing other formats and absurd declared sizes before a decoder
 allocates memory; ``resize_face`` is the one resize used for training inputs, verification
-images and embeddings of photos, so all of them see the same pixels.
+images and embeddings of photos, so all of them see the same pixels; ``to_network_input`` is the
+one scaling of those pixels to what the networks take.
 """
 import struct
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from .errors import ImageDecodeError
 
-__all__ = ['decode_image', 'image_size_of', 'resize_face', 'MAX_IMAGE_PIXELS']
+__all__ = ['decode_image', 'image_size_of', 'resize_face', 'to_network_input',
+           'MAX_IMAGE_PIXELS', 'PIXEL_SCALE']
 
 MAX_IMAGE_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192): larger declared sizes are refused
 
@@ -94,3 +96,18 @@ def resize_face(img, image_size):
     shrink = height * width < img.shape[0] * img.shape[1]
     return cv2.resize(np.ascontiguousarray(img), (width, height),
                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+# Every network of the package takes RGB in [0, 1]: pixel * PIXEL_SCALE, in float32.
+PIXEL_SCALE = np.float32(1.0 / 255)
+
+
+def to_network_input(img, out=None):
+    """RGB uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1], C-contiguous (written into ``out``
+    when given): the scaling shared by the training loader, verification .bin files and
+    embeddings of photos."""
+    chw = np.asarray(img).transpose(2, 0, 1)
+    if out is None:
+        out = np.empty(chw.shape, dtype=np.float32)
+    np.multiply(chw, PIXEL_SCALE, out=out)
+    return out

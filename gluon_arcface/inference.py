@@ -11,7 +11,7 @@ import numpy as np
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import np as mnp
 
-from .images import decode_image, resize_face
+from .images import decode_image, resize_face, to_network_input
 from .devices import as_contexts
 from .errors import FaceDataError
 from .verification import compute_embeddings, l2_normalize
@@ -34,8 +34,7 @@ def preprocess(img, image_size):
     img = np.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError('expected an RGB image of shape (H, W, 3), got %s' % (img.shape,))
-    img = resize_face(img, tuple(image_size))
-    return img.transpose(2, 0, 1).astype(np.float32) / 255.0
+    return to_network_input(resize_face(img, tuple(image_size)))
 
 
 def embed_images(images, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):

@@ -30,6 +30,7 @@ from .images import decode_image, resize_face
 from .datasets import (IMAGE_EXTENSIONS, FaceFolderDataset, FaceRecordDataset, list_val_targets,
                        read_facerec_meta, write_property)
 from .errors import FaceDataError, ImageDecodeError
+from .fileio import write_text
 from .recordio import FaceRecWriter, build_index, scan_records
 
 __all__ = ['prepare_dataset', 'bin_from_pairs', 'sample_pairs', 'read_landmarks', 'read_pairs',
@@ -503,7 +504,7 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
         if rec is not None:
             rec.close()
         write_property(stage.path, len(identities), image_size, num_images)
-        _write_text(os.path.join(stage.path, 'identities.tsv'),
+        write_text(os.path.join(stage.path, 'identities.tsv'),
                     ''.join('%d\t%s\n' % (cid, name) for cid, name, _ in identities))
         pairs = []
         if holdout:
@@ -511,7 +512,7 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
             write_bin(os.path.join(stage.path, val_name + '.bin'),
                       [held_images[ident][idx] for a, b, _ in pairs for ident, idx in (a, b)],
                       [issame for _, _, issame in pairs])
-            _write_text(os.path.join(stage.path, val_name + '_identities.txt'),
+            write_text(os.path.join(stage.path, val_name + '_identities.txt'),
                         ''.join(name + '\n' for name in held_images))
         stage.commit()
     unused = len(lm) - len(encoder.used_landmarks) if lm is not None else 0
@@ -541,11 +542,6 @@ def _write_identity_folder(folder, encoded):
         used.add(out)
         with open(os.path.join(folder, out), 'wb') as f:
             f.write(buf)
-
-
-def _write_text(path, text):
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write(text)
 
 
 def bin_from_pairs(pairs_txt, image_root, out_path, image_size=(112, 112), landmarks=None,

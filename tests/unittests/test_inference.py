@@ -27,7 +27,8 @@ def test_get_embedding_is_the_chapters(test_net):
     img = image(1)
     emb = gaf.get_embedding(img, test_net, [mx.cpu(0)]).asnumpy()
     x = np.array(img.transpose(2, 0, 1)[None].astype('float32') / 255.0)
-    onp.testing.assert_allclose(emb, test_net(x).asnumpy(), rtol=1e-5)
+    # pixel * float32(1/255) (the package's one scaling) and pixel / 255 differ in the last bit
+    onp.testing.assert_allclose(emb, test_net(x).asnumpy(), rtol=1e-4, atol=1e-5)
     assert emb.shape == (1, 16)
 
 
@@ -82,3 +83,26 @@ def test_export_and_import_give_equal_outputs(test_net, tmp_path):
     assert embedder.image_size == (16, 16) and embedder.threshold == pytest.approx(0.25)
     with pytest.raises(FileNotFoundError, match='missing-symbol.json'):
         gaf.load_embedding_net(str(tmp_path / 'missing'))
+
+
+def test_training_verification_and_photos_feed_the_network_the_same_tensor(tmp_path):
+    """A mismatch between training and testing preprocessing is the classic cause of verification
+    near 0.5: a photo (PNG, lossless) reaches the network identically from the training
+    transform, a verification .bin and the photo-embedding path, resized or not."""
+    from gluon_arcface.binfile import load_bin, write_bin
+    from gluon_arcface.datasets import FaceTrainTransform
+    from gluon_arcface.inference import preprocess
+    rng = onp.random.RandomState(0)
+    photo = rng.randint(0, 256, size=(40, 36, 3)).astype(onp.uint8)
+    png = cv2.imencode('.png', photo[:, :, ::-1])[1].tobytes()  # cv2 writes BGR
+    path = str(tmp_path / 'pair.bin')
+    write_bin(path, [png, png], [True])
+    for size in [(40, 36), (24, 20)]:
+        from_train = FaceTrainTransform(flip=False, image_size=size)(photo)
+        from_bin = load_bin(path, image_size=size)[0][0][0].asnumpy()
+        from_photo = preprocess(photo, size)
+        assert from_train.dtype == from_photo.dtype == onp.float32
+        assert from_train.shape == (3,) + size
+        onp.testing.assert_array_equal(from_train, from_bin)
+        onp.testing.assert_array_equal(from_train, from_photo)
+        assert 0.0 <= from_train.min() and from_train.max() <= 1.0
