@@ -70,7 +70,7 @@ def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0, dtype=None
 
 
 def _export(net, prefix, image_size, epoch):
-    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+    ctx = as_contexts(None, net)[0]
     net.hybridize()
     with autograd.predict_mode():
         net(mnp.zeros((1, 3) + tuple(image_size), ctx=ctx))

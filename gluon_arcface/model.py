@@ -22,6 +22,7 @@ from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 from mxnet import init
 from mxnet.gluon import nn
 
+from .devices import as_contexts
 from .errors import ConfigError
 from .margin import ArcMarginBlock
 
@@ -471,8 +472,7 @@ def inference_net(net, input_shape=None, ctx=None, backend='auto', warmup=True, 
         raise TypeError('inference_net takes a FaceResNet, TestBlock or TrainBlock, got %s'
                         % type(net).__name__)
     params = source._collect_params_with_prefix()
-    first = next(iter(params.values()))
-    ctx = ctx or first.list_ctx()[0]
+    ctx = as_contexts(ctx, source)[0]
     if any(p._deferred_init for p in params.values()):  # e.g. the Dense input size
         if input_shape is None:
             raise ValueError('the network has not run yet (deferred initialisation): pass '
