@@ -33,8 +33,8 @@ from mxnet import np as mnp
 from .devices import as_contexts
 from .errors import CheckpointError
 from .fileio import atomic_write, write_json
-from .model import (BN_EPS, UNITS, FaceResNet, backbone_of, compute_dtype_of, faceresnet_spec,
-                    set_compute_dtype)
+from .model import (BN_EPS, FaceResNet, backbone_of, compute_dtype_of, depth_of_units,
+                    faceresnet_spec, set_compute_dtype)
 
 __all__ = ['INSIGHTFACE_INPUT_NORM', 'export_embedding_net', 'load_embedding_net',
            'PixelRange', 'insightface_names', 'faceresnet_from_insightface', 'ir_symbol',
@@ -318,7 +318,7 @@ def faceresnet_from_insightface(prefix, epoch=0, ctx=None, use_dropout=False):
         raise FileNotFoundError('%s: checkpoint parameters not found' % params_path)
     params = _load_params(params_path)
     units = _ir_units(params)
-    depth = {v: k for k, v in UNITS.items()}.get(units)
+    depth = depth_of_units(units)
     if depth is None:
         raise CheckpointError('%s: not an InsightFace IR ResNet of 18, 34, 50 or 100 layers '
                               '(units per stage found: %s)' % (params_path, units))
@@ -414,7 +414,7 @@ def export_onnx(net, path, image_size=(112, 112)):
         raise TypeError('export_onnx takes a TestBlock, FaceResNet, TrainBlock or FeatBlock; got '
                         '%s (an exported or InsightFace model: interop.faceresnet_from_model)'
                         % type(net).__name__)
-    units = tuple(len(stage) for stage in list(backbone.features)[3:])
+    units = backbone.units
     mean, scale = backbone.input_norm or (0.0, 1.0)
     # Package input x in [0, 1] -> (x - mean) * scale; on 0-255 pixels p = 255 x:
     # (p - 255 mean) * (scale / 255).

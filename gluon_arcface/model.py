@@ -40,6 +40,11 @@ CHANNELS = (64, 128, 256, 512)
 UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 
 
+def depth_of_units(units):
+    """The depth (18, 34, 50, 100) with ``units`` residual units per stage; None for others."""
+    return {v: k for k, v in UNITS.items()}.get(tuple(units))
+
+
 def faceresnet_spec(num_layers):
     """Units per stage for a FaceResNet depth (18, 34, 50 or 100)."""
     if num_layers not in UNITS:
@@ -239,10 +244,15 @@ class FaceResNet(_Precision, nn.HybridBlock):
     (trained on ``(pixel - 127.5) / 128``) takes the package's [0, 1] images with (0.5, 1.9921875).
     """
 
+    @property
+    def num_layers(self):
+        """The depth (18, 34, 50, 100) of these units per stage; None for other units."""
+        return depth_of_units(self.units)
+
     def __init__(self, units, emb_size=256, use_dropout=False, fast=True, input_norm=None,
                  **kwargs):
         super().__init__(**kwargs)
-        self.emb_size, self.fast = emb_size, fast
+        self.units, self.emb_size, self.fast = tuple(units), emb_size, fast
         self.input_norm = tuple(float(v) for v in input_norm) if input_norm else None
         with self.name_scope():
             self.features = nn.HybridSequential(prefix='')

@@ -29,6 +29,8 @@ import os
 import cv2
 import numpy as np
 
+from .config import SYNTHETIC_VAL  # name of the verification set (synthetic_val.bin)
+
 __all__ = ['SYNTHETIC_DEFAULTS', 'SYNTHETIC_VAL', 'NUISANCE', 'OCCLUDERS', 'sample_identity',
            'render_face', 'generate_faces', 'generate_pairs', 'pair_identities', 'jpeg_roundtrip',
            'make_faces_synthetic']
@@ -728,8 +730,6 @@ def jpeg_roundtrip(images, quality=95):
 
 
 # ----------------------------------------------------------------------------- the dataset files
-
-SYNTHETIC_VAL = 'synthetic_val'  # name of the verification set (synthetic_val.bin)
 
 
 def make_faces_synthetic(root, num_identities=None, images_per_identity=None, num_heldout=None,

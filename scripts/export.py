@@ -48,15 +48,9 @@ def main(argv=None):
         if args.mxnet:
             interop.export_embedding_net(net, args.mxnet, image_size, dtype=args.dtype)
             interop.write_model_info(os.path.dirname(os.path.abspath(args.mxnet)), image_size,
-                                     net.emb_size, _depth(net), input_norm=net.input_norm)
+                                     net.emb_size, net.num_layers, input_norm=net.input_norm)
             print('wrote %s-symbol.json and %s-0000.params' % (args.mxnet, args.mxnet))
     return cli.main_guard(run)
-
-
-def _depth(net):
-    from gluon_arcface.model import UNITS
-    units = tuple(len(stage) for stage in list(net.features)[3:])
-    return {v: k for k, v in UNITS.items()}[units]
 
 
 if __name__ == '__main__':
