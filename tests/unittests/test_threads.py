@@ -159,3 +159,15 @@ def test_warning_when_mxnet_came_first():
     # With the user's own setting nothing is overridden and nothing is said.
     out = run('import mxnet, gluon_arcface', OMP_NUM_THREADS='1')
     assert out.returncode == 0 and 'RuntimeWarning' not in out.stderr
+
+
+def test_import_is_light_and_loads_mxnet_at_first_use():
+    """`import gluon_arcface` imports neither MXNet (so the thread policy comes first) nor torch
+    or matplotlib.pyplot; the first chapter name used loads MXNet."""
+    code = ('import sys, gluon_arcface as gaf; '
+            'heavy = ("mxnet", "torch", "matplotlib.pyplot"); '
+            'print([m for m in heavy if m in sys.modules]); gaf.TrainBlock; '
+            'print([m for m in heavy if m in sys.modules])')
+    out = run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split('\n')[:2] == ['[]', "['mxnet']"]
