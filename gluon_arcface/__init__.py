@@ -5,16 +5,18 @@ TrainBlock, TestBlock, read_facerec_meta, load_data_face_rec, train_ch_facerec, 
 ...) and switches MXNet to NumPy semantics (``npx.set_np()``), as the chapter does.
 
 Importing the package first applies the thread policy (:mod:`gluon_arcface.threads`: one
-compute thread per physical core, unless ``OMP_NUM_THREADS`` says otherwise), which must happen
-before MXNet loads; MXNet and the modules that use it load at the first use of a name below, so
-that a script can still pass its ``--threads`` to ``gaf.configure_threads`` after parsing its
-arguments. The README's "Layout" section says which module does what.
+compute thread per physical core, unless ``OMP_NUM_THREADS`` says otherwise) and lets oneDNN
+use AMX where the CPU has it, which must happen before MXNet loads; MXNet and the modules that
+use it load at the first use of a name below, so that a script can still pass its ``--threads``
+to ``gaf.configure_threads`` after parsing its arguments. The README's "Layout" section says
+which module does what.
 """
 import importlib
 
 from . import threads as _threads
 
 _threads.configure_threads()
+_threads.enable_amx()  # oneDNN may use AMX for bfloat16 (before MXNet's first operation)
 
 __version__ = '0.1.0'
 

@@ -42,7 +42,7 @@ from . import torch_reference
 from .datasets import read_facerec_meta
 from .devices import as_contexts
 from .model import TestBlock, TrainBlock, inference_net, set_compute_dtype
-from .threads import thread_info
+from .threads import describe_cpu, thread_info
 
 __all__ = ['TRAIN_CASES', 'INFER_CASES', 'MEMORY_CASES', 'interleaved', 'mx_train_case',
            'mx_infer_case', 'memory_case', 'make_rec_dataset',
@@ -62,7 +62,7 @@ def machine_info():
     info = thread_info()
     info = dict(cpu=info['cpu_model'], cores=info['physical_cores'], mxnet=mx.__version__,
                 mxnet_threads=info['compute_threads'], threads_from=info['threads_from'],
-                avx512_bf16=info['avx512_bf16'], amx=info['amx'],
+                avx512_bf16=info['avx512_bf16'], amx=info['amx'], amx_used=info['onednn_amx'],
                 load_average=[round(v, 2) for v in load] if load else None)
     if torch_reference.available():
         torch = torch_reference.torch_module()
@@ -487,10 +487,10 @@ def format_report(result):
                 c['batch_size'], c['num_classes'], c['infer_batch_size'], c['rounds'],
                 c['window']),
              *(['command: `%s`' % result['command']] if result.get('command') else []),
-             'machine: %s (%s physical cores; AVX512-BF16 %s, AMX %s), mxnet %s (%s threads, '
-             '%s)%s; load average before %s, after %s'
-             % (m['cpu'], m['cores'], 'yes' if m['avx512_bf16'] else 'no',
-                'yes' if m['amx'] else 'no', m['mxnet'], m['mxnet_threads'], m['threads_from'],
+             'machine: %s, %s physical cores, mxnet %s (%s threads, %s)%s; load average '
+             'before %s, after %s'
+             % (describe_cpu(m['cpu'], m['avx512_bf16'], m['amx'], m.get('amx_used')),
+                m['cores'], m['mxnet'], m['mxnet_threads'], m['threads_from'],
                 ', torch %s (%s threads)' % (m['torch'], m['torch_threads'])
                 if 'torch' in m else '', m['load_average'], m.get('load_average_after')),
              '', '| what | case | images/s |', '| --- | --- | ---: |']

@@ -32,7 +32,7 @@ from .precision import amp_dtype
 from .pretrained import backbone_input_norm, load_backbone
 from .plotting import plot_history, plot_roc
 from .schedules import TrainSchedule
-from .threads import decoding_workers, thread_info
+from .threads import decoding_workers, describe_cpu, thread_info
 from .training import make_test_net, train_ch_facerec
 from .verification import format_table, verify, verify_pixels
 
@@ -187,9 +187,10 @@ def _train(c, ctx, kv, group, log):
            % (group.num_workers, c.kvstore, c.batch_size // group.num_workers)
            if group.distributed else ''))
     log('training: %s; augmentation: %s' % (_describe_schedule(c), _describe_augment(c, augment)))
-    log('threads: %d compute (%s), %d decoding; CPU: %s (AVX512-BF16 %s, AMX %s)'
-        % (system['compute_threads'], system['threads_from'], num_workers, system['cpu_model'],
-           'yes' if system['avx512_bf16'] else 'no', 'yes' if system['amx'] else 'no'))
+    log('threads: %d compute (%s), %d decoding; CPU: %s'
+        % (system['compute_threads'], system['threads_from'], num_workers,
+           describe_cpu(system['cpu_model'], system['avx512_bf16'], system['amx'],
+                        system['onednn_amx'])))
 
     schedule = TrainSchedule(c.lr, c.epochs, c.lr_schedule, c.lr_steps,
                              warmup_epochs=c.warmup_epochs, margin_warmup=c.margin_warmup,

@@ -8,17 +8,24 @@ containers) that leaves half of them idle. So ``import gluon_arcface`` sets ``OM
 mask, hyper-thread siblings counted once (from the CPU topology in sysfs), capped by a cgroup CPU
 quota. A value the user set in ``OMP_NUM_THREADS`` or ``MXNET_OMP_MAX_THREADS`` wins.
 
+On CPUs with AMX, :func:`enable_amx` (also run by ``import gluon_arcface``) lets oneDNN use
+it for bfloat16 (``--amp``): MXNet 1.9.1's oneDNN leaves AMX off unless ``DNNL_MAX_CPU_ISA``
+allows it.
+
 This module does not import MXNet: scripts call :func:`configure_threads` with their
 ``--threads`` before anything loads MXNet. Everything else in the package loads MXNet lazily.
 """
+import ctypes
 import math
 import os
+import platform
 import sys
 import warnings
 
 __all__ = ['THREAD_ENV', 'THREADS_HELP', 'THREADS_DEFAULT', 'allowed_cpus', 'cpu_topology',
            'cgroup_cpu_limit', 'physical_cores', 'user_threads', 'choose_threads',
-           'configure_threads', 'decoding_workers', 'cpu_info', 'thread_info']
+           'configure_threads', 'decoding_workers', 'cpu_info', 'enable_amx', 'onednn_uses_amx',
+           'describe_cpu', 'thread_info']
 
 THREAD_ENV = ('MXNET_OMP_MAX_THREADS', 'OMP_NUM_THREADS')  # MXNet reads them in this order
 THREADS_HELP = 'CPU compute threads'
@@ -28,7 +35,7 @@ SYS_CPU = '/sys/devices/system/cpu'
 CGROUP_ROOT = '/sys/fs/cgroup'
 
 # The value this module put into OMP_NUM_THREADS (and why), and whether it has warned.
-_state = {'set_by_us': None, 'source': None, 'warned': False}
+_state = {'set_by_us': None, 'source': None, 'warned': False, 'amx': None}
 
 
 def allowed_cpus():
@@ -211,7 +218,6 @@ def _mxnet_threads(environ):
             except ValueError:
                 pass
     procs = len(allowed_cpus())
-    import platform
     if platform.machine().lower() in ('x86_64', 'amd64', 'i386', 'i686', 'x86'):
         return max(1, procs // 2), "MXNet's default: half of the %d processors" % procs
     return procs, "MXNet's default: the %d processors" % procs
@@ -249,10 +255,56 @@ def cpu_info(cpuinfo='/proc/cpuinfo'):
     except OSError:
         pass
     if model is None:
-        import platform
         model = platform.processor() or platform.machine()
     return {'model': model, 'avx512_bf16': 'avx512_bf16' in flags,
             'amx': bool({'amx_bf16', 'amx_tile'} & flags)}
+
+
+ISA_ENV = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA')  # oneDNN's names for its highest ISA
+AMX_ENV = 'GLUON_ARCFACE_AMX'  # '0' keeps oneDNN's default (no AMX)
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 Linux
+
+
+def _request_amx_permission():
+    """Ask Linux (>= 5.16) for the AMX register state; True when granted."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def enable_amx(environ=None, info=None, request=_request_amx_permission):
+    """Let oneDNN run bfloat16 on AMX, on CPUs that have it: ``DNNL_MAX_CPU_ISA`` set to
+    ``AVX512_CORE_AMX`` (MXNet 1.9.1's oneDNN stops at AVX512-BF16 otherwise; float32 is not
+    affected). The process first asks Linux for AMX's register state, which a process must do
+    before its first AMX instruction: without it the first AMX kernel kills the process. So the
+    ISA is only allowed once the permission is granted. A max ISA the user set, or
+    ``GLUON_ARCFACE_AMX=0``, wins. Must run before MXNet's first bfloat16 operation.
+
+    Returns ``(enabled, why)``. A child process inherits the variable but not the permission:
+    one that uses MXNet in bfloat16 must ``import gluon_arcface`` (or call this) first.
+    """
+    environ = os.environ if environ is None else environ
+    info = cpu_info() if info is None else info
+    if environ.get(AMX_ENV, '').strip() == '0':
+        return False, '%s=0' % AMX_ENV
+    for name in ISA_ENV:
+        if environ.get(name):  # the user's choice, or inherited from a parent process
+            on = 'AMX' in environ[name].upper()
+            if on and info.get('amx') and not request():
+                return False, ('%s=%s, but Linux refused the AMX permission: AMX kernels will '
+                               'fail' % (name, environ[name]))
+            return on, '%s=%s' % (name, environ[name])
+    if not info.get('amx'):
+        return False, 'no AMX on this CPU'
+    if not (sys.platform.startswith('linux') and platform.machine().lower() in
+            ('x86_64', 'amd64')):
+        return False, 'AMX needs x86-64 Linux'
+    if not request():
+        return False, 'Linux refused the AMX permission (kernel older than 5.16?)'
+    environ['DNNL_MAX_CPU_ISA'] = 'AVX512_CORE_AMX'
+    return True, 'oneDNN may use AMX'
 
 
 def thread_info(num_workers=None):
@@ -263,4 +315,18 @@ def thread_info(num_workers=None):
                 physical_cores=physical_cores(quota=quota), allowed_cpus=len(allowed_cpus()),
                 cgroup_cpu_quota=quota)
     info.update(('cpu_' + k if k == 'model' else k, v) for k, v in cpu_info().items())
+    info['onednn_amx'] = onednn_uses_amx()
     return info
+
+
+def onednn_uses_amx(environ=None):
+    """Whether oneDNN's highest ISA (``DNNL_MAX_CPU_ISA``) lets it use AMX."""
+    environ = os.environ if environ is None else environ
+    return any('AMX' in environ.get(name, '').upper() for name in ISA_ENV)
+
+
+def describe_cpu(model, avx512_bf16, amx, amx_used):
+    """One line for logs: the CPU model and its bfloat16 features."""
+    return '%s (AVX512-BF16 %s, AMX %s)' % (model, 'yes' if avx512_bf16 else 'no',
+                                            ('yes, used' if amx_used else 'yes, unused')
+                                            if amx else 'no')

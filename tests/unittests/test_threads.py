@@ -171,3 +171,52 @@ def test_import_is_light_and_loads_mxnet_at_first_use():
     out = run(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split('\n')[:2] == ['[]', "['mxnet']"]
+
+
+AMX_CPU = {'model': 'test', 'avx512_bf16': True, 'amx': True}
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='x86-64 Linux only')
+def test_amx_allowed_only_after_linux_grants_it():
+    env, asked = {}, []
+    ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: asked.append(1) or False)
+    assert not ok and env == {} and asked  # without the permission an AMX kernel would crash
+    if threads.platform.machine().lower() in ('x86_64', 'amd64'):
+        ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: True)
+        assert ok and env == {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
+        assert threads.onednn_uses_amx(env)
+
+
+def test_amx_left_alone_without_it_or_when_the_user_decided():
+    never = lambda: pytest.fail('asked for AMX')  # noqa: E731
+    for env, info in [({}, dict(AMX_CPU, amx=False)),
+                      ({'GLUON_ARCFACE_AMX': '0'}, AMX_CPU),
+                      ({'DNNL_MAX_CPU_ISA': 'AVX512_CORE_BF16'}, AMX_CPU),
+                      ({'ONEDNN_MAX_CPU_ISA': 'AVX2'}, AMX_CPU)]:
+        before = dict(env)
+        ok, why = threads.enable_amx(env, info, request=never)
+        assert not ok and env == before, why
+    assert not threads.onednn_uses_amx({'DNNL_MAX_CPU_ISA': 'AVX512_CORE_BF16'})
+
+
+def test_amx_inherited_from_a_parent_asks_for_the_permission_again():
+    """A child process inherits DNNL_MAX_CPU_ISA but not Linux's AMX permission."""
+    asked = []
+    env = {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
+    ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: asked.append(1) or True)
+    assert ok and asked == [1]
+
+
+@pytest.mark.skipif(not threads.cpu_info()['amx'], reason='this CPU has no AMX')
+def test_bfloat16_runs_on_amx_after_import():
+    """On an AMX CPU, a bfloat16 convolution after `import gluon_arcface` runs oneDNN's AMX
+    kernel (DNNL_VERBOSE names it) and the process lives."""
+    code = ('import gluon_arcface as gaf, mxnet as mx; from mxnet import np; '
+            'net = gaf.get_faceresnet(18, 8, False); '
+            'gaf.model.set_compute_dtype(net, "bfloat16"); net.hybridize(); '
+            'print(net(np.ones((2, 3, 32, 32))).asnumpy().shape)')
+    out = run(code, DNNL_VERBOSE='1')
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '(2, 8)' in out.stdout
+    if 'refused' not in threads.enable_amx({}, request=threads._request_amx_permission)[1]:
+        assert 'avx512_core_amx' in out.stdout
