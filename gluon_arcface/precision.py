@@ -1,8 +1,9 @@
 """Mixed precision (``--amp``): which low-precision type the devices can use, and the loss
 scaling float16 needs.
 
-On CPUs with AVX512-BF16 or AMX, oneDNN runs bfloat16 convolutions about twice as fast as
-float32 ones; on NVIDIA GPUs float16 uses the tensor cores. :func:`amp_dtype` picks the type;
+On CPUs with AVX512-BF16 or AMX, bfloat16 takes about a third less memory for a training step
+and, with AMX, runs inference several times faster; whether the training step itself gets faster
+depends on the CPU (README, "Performance"). On NVIDIA GPUs float16 uses the tensor cores. :func:`amp_dtype` picks the type;
 ``model.set_compute_dtype`` runs the backbone in it (float32 master weights, BatchNorm
 statistics, embedding layer, margin head and loss). bfloat16 has float32's exponent range and
 needs no loss scaling; float16 does: :class:`LossScale` scales the loss before backward, skips

@@ -24,7 +24,8 @@ import warnings
 
 __all__ = ['THREAD_ENV', 'THREADS_HELP', 'THREADS_DEFAULT', 'allowed_cpus', 'cpu_topology',
            'cgroup_cpu_limit', 'physical_cores', 'user_threads', 'choose_threads',
-           'configure_threads', 'decoding_workers', 'cpu_info', 'enable_amx', 'onednn_uses_amx',
+           'configure_threads', 'decoding_workers', 'cpu_info', 'enable_amx', 'disable_amx',
+           'onednn_uses_amx',
            'describe_cpu', 'thread_info']
 
 THREAD_ENV = ('MXNET_OMP_MAX_THREADS', 'OMP_NUM_THREADS')  # MXNet reads them in this order
@@ -35,7 +36,7 @@ SYS_CPU = '/sys/devices/system/cpu'
 CGROUP_ROOT = '/sys/fs/cgroup'
 
 # The value this module put into OMP_NUM_THREADS (and why), and whether it has warned.
-_state = {'set_by_us': None, 'source': None, 'warned': False, 'amx': None}
+_state = {'set_by_us': None, 'source': None, 'warned': False, 'amx_set': None}
 
 
 def allowed_cpus():
@@ -303,8 +304,23 @@ def enable_amx(environ=None, info=None, request=_request_amx_permission):
         return False, 'AMX needs x86-64 Linux'
     if not request():
         return False, 'Linux refused the AMX permission (kernel older than 5.16?)'
-    environ['DNNL_MAX_CPU_ISA'] = 'AVX512_CORE_AMX'
+    environ['DNNL_MAX_CPU_ISA'] = _state['amx_set'] = 'AVX512_CORE_AMX'
     return True, 'oneDNN may use AMX'
+
+
+def disable_amx(environ=None):
+    """Undo :func:`enable_amx` before MXNet's first operation (a user's own setting stays).
+
+    For bfloat16 training: oneDNN 2.4's AMX kernels made the training step slower than its
+    AVX512-BF16 ones (README, "Performance"), while they make inference several times faster.
+    Returns whether the variable was removed.
+    """
+    environ = os.environ if environ is None else environ
+    if _state['amx_set'] and environ.get('DNNL_MAX_CPU_ISA') == _state['amx_set']:
+        del environ['DNNL_MAX_CPU_ISA']
+        _state['amx_set'] = None
+        return True
+    return False
 
 
 def thread_info(num_workers=None):

@@ -177,7 +177,8 @@ AMX_CPU = {'model': 'test', 'avx512_bf16': True, 'amx': True}
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='x86-64 Linux only')
-def test_amx_allowed_only_after_linux_grants_it():
+def test_amx_allowed_only_after_linux_grants_it(monkeypatch):
+    monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
     env, asked = {}, []
     ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: asked.append(1) or False)
     assert not ok and env == {} and asked  # without the permission an AMX kernel would crash
@@ -199,8 +200,9 @@ def test_amx_left_alone_without_it_or_when_the_user_decided():
     assert not threads.onednn_uses_amx({'DNNL_MAX_CPU_ISA': 'AVX512_CORE_BF16'})
 
 
-def test_amx_inherited_from_a_parent_asks_for_the_permission_again():
+def test_amx_inherited_from_a_parent_asks_for_the_permission_again(monkeypatch):
     """A child process inherits DNNL_MAX_CPU_ISA but not Linux's AMX permission."""
+    monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
     asked = []
     env = {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
     ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: asked.append(1) or True)
@@ -220,3 +222,31 @@ def test_bfloat16_runs_on_amx_after_import():
     assert '(2, 8)' in out.stdout
     if 'refused' not in threads.enable_amx({}, request=threads._request_amx_permission)[1]:
         assert 'avx512_core_amx' in out.stdout
+
+
+def test_amp_training_turns_our_amx_setting_off(monkeypatch):
+    """oneDNN 2.4's AMX kernels train bfloat16 slower than its AVX512-BF16 ones: a script given
+    --amp removes the variable the package set (before MXNet's first operation); a user's own
+    setting stays."""
+    import argparse
+    from gluon_arcface import cli
+    monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
+    env = {}
+    if threads.platform.machine().lower() in ('x86_64', 'amd64') and \
+            sys.platform.startswith('linux'):
+        assert threads.enable_amx(env, AMX_CPU, request=lambda: True)[0]
+        assert threads.disable_amx(env) and env == {}
+    user = {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
+    assert not threads.disable_amx(user) and user == {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
+
+    def parser():
+        p = argparse.ArgumentParser()
+        cli.add_threads_argument(p)
+        p.add_argument('--amp', action='store_true')
+        return p
+    calls = []
+    monkeypatch.setattr(threads, 'disable_amx', lambda: calls.append('off'))
+    monkeypatch.setattr(threads, 'configure_threads', lambda n: calls.append(n))
+    assert cli.parse_args(parser, ['--amp']).amp and calls == [None, 'off']
+    calls.clear()
+    assert not cli.parse_args(parser, ['--threads', '2']).amp and calls == [2]
