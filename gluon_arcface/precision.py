@@ -2,13 +2,14 @@
 scaling float16 needs.
 
 On CPUs with AVX512-BF16 or AMX, bfloat16 takes about a third less memory for a training step
-and, with AMX, runs inference several times faster; whether the training step itself gets faster
-depends on the CPU (README, "Performance"). On NVIDIA GPUs float16 uses the tensor cores. :func:`amp_dtype` picks the type;
-``model.set_compute_dtype`` runs the backbone in it (float32 master weights, BatchNorm
-statistics, embedding layer, margin head and loss). bfloat16 has float32's exponent range and
-needs no loss scaling; float16 does: :class:`LossScale` scales the loss before backward, skips
-the update of a step whose gradients overflowed and adapts the scale (MXNet's AMP
-``LossScaler``: start at 2^16, halve on overflow, double after 2000 clean steps).
+and, with AMX, runs inference several times faster; whether the training step itself gets
+faster depends on the CPU (README, "Performance"). On NVIDIA GPUs float16 uses the tensor
+cores. :func:`amp_dtype` picks the type; ``model.set_compute_dtype`` runs the backbone in it
+(float32 master weights, BatchNorm statistics, embedding layer, margin head and loss).
+bfloat16 has float32's exponent range and needs no loss scaling; float16 does:
+:class:`LossScale` scales the loss before backward, skips the update of a step whose gradients
+overflowed and adapts the scale (MXNet's AMP ``LossScaler``: start at 2^16, halve on overflow,
+double after 2000 clean steps).
 """
 from . import _mxnet  # noqa: F401  (NumPy semantics, first)
 
