@@ -505,7 +505,7 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
             rec.close()
         write_property(stage.path, len(identities), image_size, num_images)
         write_text(os.path.join(stage.path, 'identities.tsv'),
-                    ''.join('%d\t%s\n' % (cid, name) for cid, name, _ in identities))
+                   ''.join('%d\t%s\n' % (cid, name) for cid, name, _ in identities))
         pairs = []
         if holdout:
             pairs = sample_pairs(held_images, num_pairs, seed)
@@ -513,7 +513,7 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
                       [held_images[ident][idx] for a, b, _ in pairs for ident, idx in (a, b)],
                       [issame for _, _, issame in pairs])
             write_text(os.path.join(stage.path, val_name + '_identities.txt'),
-                        ''.join(name + '\n' for name in held_images))
+                       ''.join(name + '\n' for name in held_images))
         stage.commit()
     unused = len(lm) - len(encoder.used_landmarks) if lm is not None else 0
     return collections.OrderedDict([

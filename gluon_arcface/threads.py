@@ -25,8 +25,7 @@ import warnings
 __all__ = ['THREAD_ENV', 'THREADS_HELP', 'THREADS_DEFAULT', 'allowed_cpus', 'cpu_topology',
            'cgroup_cpu_limit', 'physical_cores', 'user_threads', 'choose_threads',
            'configure_threads', 'decoding_workers', 'cpu_info', 'enable_amx', 'disable_amx',
-           'onednn_uses_amx',
-           'describe_cpu', 'thread_info']
+           'onednn_uses_amx', 'describe_cpu', 'thread_info']
 
 THREAD_ENV = ('MXNET_OMP_MAX_THREADS', 'OMP_NUM_THREADS')  # MXNet reads them in this order
 THREADS_HELP = 'CPU compute threads'
@@ -35,7 +34,8 @@ THREADS_DEFAULT = ('MXNET_OMP_MAX_THREADS or OMP_NUM_THREADS if set, else the ph
 SYS_CPU = '/sys/devices/system/cpu'
 CGROUP_ROOT = '/sys/fs/cgroup'
 
-# The value this module put into OMP_NUM_THREADS (and why), and whether it has warned.
+# The value this module put into OMP_NUM_THREADS (and why), whether it has warned, and the
+# value it put into DNNL_MAX_CPU_ISA.
 _state = {'set_by_us': None, 'source': None, 'warned': False, 'amx_set': None}
 
 
@@ -292,7 +292,7 @@ def enable_amx(environ=None, info=None, request=_request_amx_permission):
         return False, '%s=0' % AMX_ENV
     for name in ISA_ENV:
         if environ.get(name):  # the user's choice, or inherited from a parent process
-            on = 'AMX' in environ[name].upper()
+            on = onednn_uses_amx(environ)
             if on and info.get('amx') and not request():
                 return False, ('%s=%s, but Linux refused the AMX permission: AMX kernels will '
                                'fail' % (name, environ[name]))
@@ -336,9 +336,11 @@ def thread_info(num_workers=None):
 
 
 def onednn_uses_amx(environ=None):
-    """Whether oneDNN's highest ISA (``DNNL_MAX_CPU_ISA``) lets it use AMX."""
+    """Whether oneDNN's highest ISA lets it use AMX (the first of ``ISA_ENV`` that is set, as
+    oneDNN reads them)."""
     environ = os.environ if environ is None else environ
-    return any('AMX' in environ.get(name, '').upper() for name in ISA_ENV)
+    value = next((environ[name] for name in ISA_ENV if environ.get(name)), '')
+    return 'AMX' in value.upper()
 
 
 def describe_cpu(model, avx512_bf16, amx, amx_used):
