@@ -31,21 +31,17 @@ def add_threads_argument(parser):
 
 
 def parse_args(build_parser, argv=None):
-    """Parse a script's arguments, applying ``--threads`` (and ``--amp``'s choice of oneDNN
-    kernels: no AMX for bfloat16 training, see :func:`threads.disable_amx`) before MXNet loads.
+    """Parse a script's arguments, applying ``--threads`` before MXNet loads.
 
     ``build_parser()`` returns the script's parser (with :func:`add_threads_argument`); it is
     called after the thread count is set, so it may import modules that load MXNet.
     """
     early = argparse.ArgumentParser(add_help=False)
     add_threads_argument(early)
-    early.add_argument('--amp', action='store_true')
     known, _ = early.parse_known_args(argv)
     if known.threads is not None and known.threads < 1:
         early.error('--threads: expected at least 1, got %d' % known.threads)
     threads.configure_threads(known.threads)
-    if known.amp:
-        threads.disable_amx()
     return build_parser().parse_args(argv)
 
 

@@ -32,7 +32,7 @@ from .precision import amp_dtype
 from .pretrained import backbone_input_norm, load_backbone
 from .plotting import plot_history, plot_roc
 from .schedules import TrainSchedule
-from .threads import decoding_workers, describe_cpu, thread_info
+from .threads import decoding_workers, describe_cpu, disable_amx, thread_info
 from .training import make_test_net, train_ch_facerec
 from .verification import format_table, verify, verify_pixels
 
@@ -126,6 +126,10 @@ def fit(config=None, **settings):
 
 
 def _fit(c):
+    if c.amp:
+        # Before oneDNN's first primitive (it reads its ISA limit once, then): here it covers
+        # the command line, --resume of an amp run and Python callers alike.
+        disable_amx()
     ctx = as_contexts(c.ctx)
     kv = create_kvstore(c.kvstore)
     group = WorkerGroup(kv)

@@ -263,6 +263,9 @@ def cpu_info(cpuinfo='/proc/cpuinfo'):
 
 ISA_ENV = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA')  # oneDNN's names for its highest ISA
 AMX_ENV = 'GLUON_ARCFACE_AMX'  # '0' keeps oneDNN's default (no AMX)
+# Holds the DNNL_MAX_CPU_ISA value this package set, so that a child process (a distributed
+# worker, a script run from a notebook) can tell an inherited setting of ours from the user's.
+_AMX_MARK = '_GLUON_ARCFACE_SET_ISA'
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 Linux
 
 
@@ -284,12 +287,16 @@ def enable_amx(environ=None, info=None, request=_request_amx_permission):
     ``GLUON_ARCFACE_AMX=0``, wins. Must run before MXNet's first bfloat16 operation.
 
     Returns ``(enabled, why)``. A child process inherits the variable but not the permission:
-    one that uses MXNet in bfloat16 must ``import gluon_arcface`` (or call this) first.
+    one that uses MXNet in bfloat16 must ``import gluon_arcface`` (or call this) first, which
+    decides again when the inherited value is the package's own (not the user's).
     """
     environ = os.environ if environ is None else environ
     info = cpu_info() if info is None else info
     if environ.get(AMX_ENV, '').strip() == '0':
         return False, '%s=0' % AMX_ENV
+    ours = environ.get(_AMX_MARK)
+    if ours and environ.get('DNNL_MAX_CPU_ISA') == ours and not environ.get(ISA_ENV[0]):
+        del environ['DNNL_MAX_CPU_ISA'], environ[_AMX_MARK]  # a parent's, decided again here
     for name in ISA_ENV:
         if environ.get(name):  # the user's choice, or inherited from a parent process
             on = onednn_uses_amx(environ)
@@ -304,12 +311,13 @@ def enable_amx(environ=None, info=None, request=_request_amx_permission):
         return False, 'AMX needs x86-64 Linux'
     if not request():
         return False, 'Linux refused the AMX permission (kernel older than 5.16?)'
-    environ['DNNL_MAX_CPU_ISA'] = _state['amx_set'] = 'AVX512_CORE_AMX'
+    environ['DNNL_MAX_CPU_ISA'] = environ[_AMX_MARK] = _state['amx_set'] = 'AVX512_CORE_AMX'
     return True, 'oneDNN may use AMX'
 
 
 def disable_amx(environ=None):
-    """Undo :func:`enable_amx` before MXNet's first operation (a user's own setting stays).
+    """Undo :func:`enable_amx` before oneDNN's first primitive, which reads the variable once
+    (a user's own setting stays); :func:`recipe.fit` calls it for ``amp`` runs.
 
     For bfloat16 training: oneDNN 2.4's AMX kernels made the training step slower than its
     AVX512-BF16 ones (README, "Performance"), while they make inference several times faster.
@@ -318,6 +326,7 @@ def disable_amx(environ=None):
     environ = os.environ if environ is None else environ
     if _state['amx_set'] and environ.get('DNNL_MAX_CPU_ISA') == _state['amx_set']:
         del environ['DNNL_MAX_CPU_ISA']
+        environ.pop(_AMX_MARK, None)
         _state['amx_set'] = None
         return True
     return False

@@ -209,7 +209,9 @@ def test_cli_amp_reaches_the_run(tmp_path, synthetic_faces):
                     '--output', str(tmp_path / 'run'), '--num-workers', '1')
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'amp: the backbone computes in bfloat16' in out.stdout
-    assert json.load(open(tmp_path / 'run' / 'config.json'))['settings']['amp'] is True
+    saved = json.load(open(tmp_path / 'run' / 'config.json'))
+    assert saved['settings']['amp'] is True
+    assert saved['system']['onednn_amx'] is False  # bfloat16 training keeps AMX off
     state = ckpt.latest_checkpoint(str(tmp_path / 'run' / 'checkpoints'))
     params = mx.npx.load(os.path.join(str(tmp_path / 'run' / 'checkpoints'), state['params']))
     assert {a.dtype for a in params.values()} == {onp.dtype('float32')}

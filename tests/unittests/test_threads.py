@@ -184,7 +184,7 @@ def test_amx_allowed_only_after_linux_grants_it(monkeypatch):
     assert not ok and env == {} and asked  # without the permission an AMX kernel would crash
     if threads.platform.machine().lower() in ('x86_64', 'amd64'):
         ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: True)
-        assert ok and env == {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
+        assert ok and env['DNNL_MAX_CPU_ISA'] == 'AVX512_CORE_AMX'
         assert threads.onednn_uses_amx(env)
 
 
@@ -224,29 +224,32 @@ def test_bfloat16_runs_on_amx_after_import():
         assert 'avx512_core_amx' in out.stdout
 
 
-def test_amp_training_turns_our_amx_setting_off(monkeypatch):
-    """oneDNN 2.4's AMX kernels train bfloat16 slower than its AVX512-BF16 ones: a script given
-    --amp removes the variable the package set (before MXNet's first operation); a user's own
-    setting stays."""
-    import argparse
-    from gluon_arcface import cli
+def test_amp_training_turns_our_amx_setting_off(monkeypatch, tmp_path):
+    """oneDNN 2.4's AMX kernels train bfloat16 slower than its AVX512-BF16 ones: an amp run
+    (the command line, its --resume, or fit from Python) removes the variable the package set,
+    before it touches data; a user's own setting stays; a float32 run leaves it."""
+    from gluon_arcface import recipe
+    from gluon_arcface.config import TrainConfig
     monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
     env = {}
     if threads.platform.machine().lower() in ('x86_64', 'amd64') and \
             sys.platform.startswith('linux'):
         assert threads.enable_amx(env, AMX_CPU, request=lambda: True)[0]
         assert threads.disable_amx(env) and env == {}
+        # A child process (a distributed worker) inherits our setting and may still drop it.
+        assert threads.enable_amx(env, AMX_CPU, request=lambda: True)[0]
+        monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
+        child = dict(env)
+        assert threads.enable_amx(child, AMX_CPU, request=lambda: True)[0]
+        assert threads.disable_amx(child) and child == {}
     user = {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
     assert not threads.disable_amx(user) and user == {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
 
-    def parser():
-        p = argparse.ArgumentParser()
-        cli.add_threads_argument(p)
-        p.add_argument('--amp', action='store_true')
-        return p
     calls = []
-    monkeypatch.setattr(threads, 'disable_amx', lambda: calls.append('off'))
-    monkeypatch.setattr(threads, 'configure_threads', lambda n: calls.append(n))
-    assert cli.parse_args(parser, ['--amp']).amp and calls == [None, 'off']
-    calls.clear()
-    assert not cli.parse_args(parser, ['--threads', '2']).amp and calls == [2]
+    monkeypatch.setattr(recipe, 'disable_amx', lambda: calls.append('off'))
+    for amp in (True, False):
+        config = TrainConfig(amp=amp, data_dir=str(tmp_path / 'missing'),
+                             output=str(tmp_path / 'out'), progress=False)
+        with pytest.raises(FileNotFoundError, match='missing'):
+            recipe.fit(config)
+    assert calls == ['off']
