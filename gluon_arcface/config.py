@@ -101,7 +101,7 @@ RECIPES = {
     # Augmentation stays the chapter's flip: 'standard' measured lower on both few-identity checks.
     'small-data': dict(image_size=(64, 64), emb_size=128, batch_size=64, momentum=0.9,
                        nesterov=True, lr_schedule='cosine', warmup_epochs=1.0, margin_s='auto',
-                       margin_warmup=2.0, epochs=20, verify_every=5),
+                       margin_warmup=2.0, epochs=20, max_samples=36000, verify_every=5),
 }
 
 
@@ -187,6 +187,10 @@ class TrainConfig:
     nesterov: bool = _setting(False, 'Nesterov momentum (MXNet\'s NAG optimizer)',
                               'optimisation')
     epochs: int = _setting(5, 'training epochs', 'optimisation')
+    max_samples: int = _setting(
+        0, 'fewer epochs when the data is large: at most this many training images seen over '
+        'the run (epochs x images; at least one epoch); 0: no limit', 'optimisation',
+        metavar='N')
     lr_schedule: str = _setting(
         'step', 'step: x0.1 after each epoch of --lr-steps; cosine: half a cosine down to 0 at '
         'the end', 'optimisation', choices=LR_SCHEDULES)
@@ -249,7 +253,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError('%s must be at least 1, got %r' % (name, getattr(self, name)))
         for name in ('warmup_epochs', 'margin_warmup', 'margin_hold', 'freeze_epochs',
-                     'backbone_lr_mult', 'wd', 'momentum'):
+                     'backbone_lr_mult', 'wd', 'momentum', 'max_samples'):
             if getattr(self, name) < 0:
                 raise ConfigError('%s must be >= 0, got %r' % (name, getattr(self, name)))
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -260,6 +264,13 @@ class TrainConfig:
             if isinstance(getattr(self, f.name), list):  # from config.json
                 setattr(self, f.name, tuple(getattr(self, f.name)))
         self.augment_settings()  # checks the augmentation values
+
+    def epochs_for(self, images):
+        """The epochs a run over ``images`` training images makes: ``epochs``, lowered by
+        ``max_samples`` (never below one)."""
+        if not self.max_samples:
+            return self.epochs
+        return max(1, min(self.epochs, self.max_samples // images))
 
     def augment_settings(self):
         """The :class:`~gluon_arcface.augment.AugmentSettings` of ``--augment`` and the

@@ -392,7 +392,8 @@ def _load_val_set(data_dir, val_targets, image_size):
 class FaceDataLoader(gluon.data.DataLoader):
     """The loader ``load_data_face_rec`` returns: a gluon DataLoader that also tells what it reads.
 
-    ``dataset_info``: dict(source, images, num_classes, image_size, batch_size, num_workers);
+    ``dataset_info``: dict(source, images (this worker's part), all_images, num_classes,
+    image_size, batch_size, num_workers);
     ``face_dataset``: the FaceRecordDataset / FaceFolderDataset behind it; ``transform``: the
     FaceTrainTransform applied to each image (its ``augment`` settings, ``image_size``, ``seed``);
     ``skipped``: the images left out so far by ``skip_bad=True`` (also those skipped in worker
@@ -450,7 +451,8 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
                             'batch size' % (len(dataset), ' for worker %d of %d' % (
                                 part_index, num_parts) if num_parts > 1 else '', batch_size))
     input_size = tuple(image_size) if image_size else image_size_prop
-    info = dict(source=face_dataset.source, images=len(dataset), num_classes=num_classes,
+    info = dict(source=face_dataset.source, images=len(dataset),
+                all_images=len(face_dataset), num_classes=num_classes,
                 image_size=input_size, batch_size=batch_size, num_workers=num_workers)
     transform = FaceTrainTransform(seed=seed, augment=augment,
                                    image_size=None if input_size == image_size_prop else input_size)

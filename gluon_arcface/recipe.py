@@ -177,9 +177,14 @@ def _train(c, ctx, kv, group, log):
                     num_classes=num_classes, images=loader.dataset_info['images'],
                     dropout=use_dropout, margin=margin, augment=dataclasses.asdict(augment),
                     ctx=[str(x) for x in ctx], workers=group.num_workers)
+    epochs = resolved['epochs'] = c.epochs_for(loader.dataset_info['all_images'])
     if is_master:
         write_json(os.path.join(c.output, 'config.json'),
                    dict(settings=c.to_dict(), resolved=resolved, system=system))
+    if epochs != c.epochs:
+        log('epochs: %d instead of %d, so that %d epochs x %d images stay within max_samples '
+            '%d' % (epochs, c.epochs, epochs, loader.dataset_info['all_images'], c.max_samples))
+        c = dataclasses.replace(c, epochs=epochs)
     log('data: %s (%d images, %d identities, %dx%d%s); verification: %s'
         % (data_dir, resolved['images'], num_classes, data_size[0], data_size[1],
            ', trained at %dx%d' % image_size if image_size != tuple(data_size) else '',

@@ -88,8 +88,15 @@ def test_resume_reads_the_runs_settings(tmp_path):
         parse('--output', str(tmp_path), '--resume')
 
 
+def test_max_samples_caps_the_epochs():
+    c = TrainConfig(epochs=20, max_samples=36000)
+    assert [c.epochs_for(n) for n in (500, 1775, 3000, 7000, 10 ** 6)] == [20, 20, 12, 5, 1]
+    assert TrainConfig(epochs=20).epochs_for(10 ** 6) == 20  # 0: no limit (the chapter's)
+    assert TrainConfig().max_samples == 0 and RECIPES['small-data']['max_samples'] == 36000
+
+
 def test_bad_values_are_config_errors():
-    for bad in (dict(loss='triplet'), dict(recipe='huge'), dict(batch_size=0),
+    for bad in (dict(loss='triplet'), dict(recipe='huge'), dict(batch_size=0), dict(max_samples=-1),
                 dict(aug_flip=2.0), dict(dropout=1.0), dict(warmup_epochs=-1)):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)

@@ -152,6 +152,26 @@ def test_softmax_dataset_and_resume_flags(tiny, tmp_path, monkeypatch):
     assert [e['epoch'] for e in metrics['epochs']] == [1, 2]
 
 
+def test_max_samples_lowers_the_epochs_of_a_large_set(tiny, tmp_path, monkeypatch):
+    """--max-samples keeps a run on a few thousand photos near the time of a smaller one: the
+    epochs drop to max_samples // images (never below one); config.json keeps the setting
+    given and records the epochs run."""
+    common = ['--data-dir', tiny, '--val-targets', '', '--emb-size', '16', '--batch-size', '12',
+              '--no-progress', '--num-workers', '1', '--image-size', '16', '--no-export',
+              '--lr-schedule', 'cosine']
+    spy, cfg, metrics, saved = fit(common + ['--output', str(tmp_path / 'a'), '--epochs', '3',
+                                             '--max-samples', '1'], monkeypatch)
+    images = saved['resolved']['images']
+    assert saved['settings']['epochs'] == 3 and saved['resolved']['epochs'] == 1
+    (_, _, _, _, num_epochs, _), options = spy.calls['train_ch_facerec']
+    assert num_epochs == 1 and options['schedule'].num_epochs == 1  # cosine ends at epoch 1
+    assert len(metrics['epochs']) == 1
+    assert 'epochs: 1 instead of 3' in open(tmp_path / 'a' / 'train.log').read()
+    spy, cfg, metrics, saved = fit(common + ['--output', str(tmp_path / 'b'), '--epochs', '3',
+                                             '--max-samples', str(2 * images + 1)], monkeypatch)
+    assert saved['resolved']['epochs'] == 2 and len(metrics['epochs']) == 2
+
+
 def test_a_batch_the_memory_cannot_hold_is_refused_before_training(tiny, tmp_path, monkeypatch):
     """The chapter's batch of 512 at 112x112 needs about 33 GB on a CPU; a run that cannot fit
     stops with a ConfigError saying what to change, instead of being killed by the system."""
