@@ -49,8 +49,8 @@ def _describe_schedule(c):
     parts = [lr, 'momentum %g, wd %g, batch %d, %d epochs' % (c.momentum, c.wd, c.batch_size,
                                                                c.epochs)]
     if c.margin_hold or c.margin_warmup:
-        parts.append('margin 0 for %g epochs, then up over %g' % (c.margin_hold,
-                                                                   c.margin_warmup))
+        parts.append('margin%s up from 0 over %g epochs' % (
+            ' 0 for %g epochs, then' % c.margin_hold if c.margin_hold else '', c.margin_warmup))
     if c.freeze_epochs or c.backbone_lr_mult != 1:
         parts.append('backbone frozen %g epochs, then lr x%g' % (c.freeze_epochs,
                                                                  c.backbone_lr_mult))
