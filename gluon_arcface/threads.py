@@ -34,9 +34,8 @@ THREADS_DEFAULT = ('MXNET_OMP_MAX_THREADS or OMP_NUM_THREADS if set, else the ph
 SYS_CPU = '/sys/devices/system/cpu'
 CGROUP_ROOT = '/sys/fs/cgroup'
 
-# The value this module put into OMP_NUM_THREADS (and why), whether it has warned, and the
-# value it put into DNNL_MAX_CPU_ISA.
-_state = {'set_by_us': None, 'source': None, 'warned': False, 'amx_set': None}
+# The value this module put into OMP_NUM_THREADS (and why), and whether it has warned.
+_state = {'set_by_us': None, 'source': None, 'warned': False}
 
 
 def allowed_cpus():
@@ -263,8 +262,8 @@ def cpu_info(cpuinfo='/proc/cpuinfo'):
 
 ISA_ENV = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA')  # oneDNN's names for its highest ISA
 AMX_ENV = 'GLUON_ARCFACE_AMX'  # '0' keeps oneDNN's default (no AMX)
-# Holds the DNNL_MAX_CPU_ISA value this package set, so that a child process (a distributed
-# worker, a script run from a notebook) can tell an inherited setting of ours from the user's.
+# Holds the DNNL_MAX_CPU_ISA value this package set, so that it (and a child process: a
+# distributed worker, a script run from a notebook) can tell its own setting from the user's.
 _AMX_MARK = '_GLUON_ARCFACE_SET_ISA'
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 Linux
 
@@ -311,7 +310,7 @@ def enable_amx(environ=None, info=None, request=_request_amx_permission):
         return False, 'AMX needs x86-64 Linux'
     if not request():
         return False, 'Linux refused the AMX permission (kernel older than 5.16?)'
-    environ['DNNL_MAX_CPU_ISA'] = environ[_AMX_MARK] = _state['amx_set'] = 'AVX512_CORE_AMX'
+    environ['DNNL_MAX_CPU_ISA'] = environ[_AMX_MARK] = 'AVX512_CORE_AMX'
     return True, 'oneDNN may use AMX'
 
 
@@ -324,10 +323,9 @@ def disable_amx(environ=None):
     Returns whether the variable was removed.
     """
     environ = os.environ if environ is None else environ
-    if _state['amx_set'] and environ.get('DNNL_MAX_CPU_ISA') == _state['amx_set']:
-        del environ['DNNL_MAX_CPU_ISA']
-        environ.pop(_AMX_MARK, None)
-        _state['amx_set'] = None
+    ours = environ.get(_AMX_MARK)
+    if ours and environ.get('DNNL_MAX_CPU_ISA') == ours:
+        del environ['DNNL_MAX_CPU_ISA'], environ[_AMX_MARK]
         return True
     return False
 

@@ -177,8 +177,7 @@ AMX_CPU = {'model': 'test', 'avx512_bf16': True, 'amx': True}
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='x86-64 Linux only')
-def test_amx_allowed_only_after_linux_grants_it(monkeypatch):
-    monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
+def test_amx_allowed_only_after_linux_grants_it():
     env, asked = {}, []
     ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: asked.append(1) or False)
     assert not ok and env == {} and asked  # without the permission an AMX kernel would crash
@@ -200,9 +199,8 @@ def test_amx_left_alone_without_it_or_when_the_user_decided():
     assert not threads.onednn_uses_amx({'DNNL_MAX_CPU_ISA': 'AVX512_CORE_BF16'})
 
 
-def test_amx_inherited_from_a_parent_asks_for_the_permission_again(monkeypatch):
+def test_amx_inherited_from_a_parent_asks_for_the_permission_again():
     """A child process inherits DNNL_MAX_CPU_ISA but not Linux's AMX permission."""
-    monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
     asked = []
     env = {'DNNL_MAX_CPU_ISA': 'AVX512_CORE_AMX'}
     ok, _ = threads.enable_amx(env, AMX_CPU, request=lambda: asked.append(1) or True)
@@ -230,7 +228,6 @@ def test_amp_training_turns_our_amx_setting_off(monkeypatch, tmp_path):
     before it touches data; a user's own setting stays; a float32 run leaves it."""
     from gluon_arcface import recipe
     from gluon_arcface.config import TrainConfig
-    monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
     env = {}
     if threads.platform.machine().lower() in ('x86_64', 'amd64') and \
             sys.platform.startswith('linux'):
@@ -238,7 +235,6 @@ def test_amp_training_turns_our_amx_setting_off(monkeypatch, tmp_path):
         assert threads.disable_amx(env) and env == {}
         # A child process (a distributed worker) inherits our setting and may still drop it.
         assert threads.enable_amx(env, AMX_CPU, request=lambda: True)[0]
-        monkeypatch.setattr(threads, '_state', dict(threads._state, amx_set=None))
         child = dict(env)
         assert threads.enable_amx(child, AMX_CPU, request=lambda: True)[0]
         assert threads.disable_amx(child) and child == {}
