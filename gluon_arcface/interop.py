@@ -14,11 +14,21 @@ InsightFace's names (``symbol/fresnet.py``): ``conv0``, ``bn0``, ``relu0`` (PReL
 ``stage{i}_unit{j}_{bn1,conv1,bn2,relu1,conv2,bn3}``, the shortcut ``_conv1sc`` + ``_sc``,
 then ``bn1``, Dropout, ``pre_fc1`` (FullyConnected) and ``fc1`` (BatchNorm, fix_gamma=True);
 BatchNorm statistics ``_moving_mean`` / ``_moving_var``, eps 2e-5. Its input is ``data``, RGB
-0-255, normalised inside the graph as ``(x - 127.5) * 0.0078125``; the embedding is the
-internal output ``fc1_output`` (a saved training symbol may continue to fc7).
+0-255, normalised inside the graph as ``(x - 127.5) * 0.0078125`` (after an ``identity`` named
+'id', op ``_copy``, and in fp16 configurations a ``Cast``), or by a BatchNorm ``bn_data`` on the
+raw pixels; the embedding is the internal output ``fc1_output`` (a saved training symbol may
+continue to fc7).
+
+The pixel range a model takes (:func:`input_range_of`): ``model.json``'s ``input`` for the
+package's exports; else the graph's head, followed from ``data`` through identity / Cast nodes
+(scalar subtract / multiply sized for 0-255 or for [0, 1], a BatchNorm on the raw input); else
+[0, 1] for a graph written with NumPy semantics (the package's exports) and 0-255 for anything
+else (InsightFace's convention). The choice and its reason are logged; ``input_range=`` (1 or
+255) overrides it.
 """
 import glob
 import json
+import logging
 import os
 import re
 import warnings
@@ -31,7 +41,7 @@ from mxnet import autograd, gluon
 from mxnet import np as mnp
 
 from .devices import as_contexts
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, write_json
 from .model import (BN_EPS, FaceResNet, backbone_of, compute_dtype_of, depth_of_units,
                     faceresnet_spec, set_compute_dtype)
@@ -39,14 +49,17 @@ from .model import (BN_EPS, FaceResNet, backbone_of, compute_dtype_of, depth_of_
 __all__ = ['INSIGHTFACE_INPUT_NORM', 'export_embedding_net', 'load_embedding_net',
            'PixelRange', 'insightface_names', 'faceresnet_from_insightface', 'ir_symbol',
            'export_onnx', 'load_onnx', 'OnnxEmbeddingNet', 'load_face_model',
-           'faceresnet_from_model', 'read_model_info',
-           'write_model_info']
+           'faceresnet_from_model', 'read_model_info', 'input_range_of',
+           'insightface_input_norm', 'write_model_info']
 
 # InsightFace trains on (pixel - 127.5) / 128; on the package's [0, 1] input that is
 # (x - 0.5) * (255 / 128).
 INSIGHTFACE_INPUT_NORM = (0.5, 255.0 / 128.0)
 PACKAGE_INPUT = 'RGB float32 (N, 3, H, W) in [0, 1]'
 MODEL_INFO = 'model.json'  # beside an exported model: its input convention and size
+INPUT_RANGES = (1, 255)
+
+_log = logging.getLogger(__name__)  # under the package's logger (cli.LOGGER_NAME)
 
 
 # ----------------------------------------------------------------------------- MXNet export
@@ -116,24 +129,129 @@ class PixelRange(gluon.HybridBlock):
         return self.block(x * self.scale)
 
 
-def _symbol_nodes(sym):
-    return json.loads(sym.tojson(remove_amp_cast=False))['nodes']
+# Nodes that hand the input on unchanged (InsightFace's identity 'id' is op _copy; Cast in its
+# fp16 configurations, amp_cast in the package's bfloat16 exports).
+_PASS_THROUGH = {'_copy', 'identity', '_np_copy', 'Cast', 'cast', '_npx_cast', 'amp_cast',
+                 'BlockGrad', 'stop_gradient'}
+# Scalar arithmetic on the input -> (verb, how it changes the affine map a * p + b).
+_SCALAR_OPS = {
+    '_minus_scalar': ('subtracts', lambda a, b, s: (a, b - s)),
+    '_npi_subtract_scalar': ('subtracts', lambda a, b, s: (a, b - s)),
+    '_plus_scalar': ('adds', lambda a, b, s: (a, b + s)),
+    '_npi_add_scalar': ('adds', lambda a, b, s: (a, b + s)),
+    '_mul_scalar': ('multiplies by', lambda a, b, s: (a * s, b * s)),
+    '_npi_multiply_scalar': ('multiplies by', lambda a, b, s: (a * s, b * s)),
+    '_div_scalar': ('divides by', lambda a, b, s: (a / s, b / s)),
+    '_npi_true_divide_scalar': ('divides by', lambda a, b, s: (a / s, b / s)),
+}
 
 
-def _takes_pixels_0_255(nodes):
-    """Whether the graph normalises 0-255 pixels itself: InsightFace's ``data - 127.5`` then
-    ``* 0.0078125`` (or any subtract/multiply by scalars right after the input)."""
-    by_input = {}
+def _attrs(node):
+    return node.get('attrs', node.get('param', node.get('attr', {}))) or {}
+
+
+def _input_head(nodes):
+    """The nodes at the head of a graph, followed from ``data`` through pass-through nodes,
+    scalar arithmetic and one BatchNorm -> ``(steps, first)``: the list of nodes followed
+    (pass-through ones left out) and the first node that is none of these (or None)."""
+    consumers = {}
     for i, node in enumerate(nodes):
         for src in node.get('inputs', []):
-            by_input.setdefault(src[0], []).append(i)
+            consumers.setdefault(src[0], []).append(i)
     data = [i for i, n in enumerate(nodes) if n['op'] == 'null' and n['name'] == 'data']
-    if not data:
-        return False
-    ops = [nodes[i] for i in by_input.get(data[0], [])]
-    return any(n['op'] in ('_minus_scalar', '_mul_scalar', '_div_scalar') and
-               float(n.get('attrs', n.get('param', {})).get('scalar', 0)) >= 1.0
-               for n in ops)
+    steps, current = [], data[0] if data else None
+    while current is not None:
+        following = consumers.get(current, [])
+        if len(following) != 1:  # the end, or the input used twice: not a plain head
+            return steps, nodes[following[0]] if following else None
+        node = nodes[following[0]]
+        is_bn = (node['op'] == 'BatchNorm' and node['inputs'][0][0] == current and
+                 not any(n['op'] == 'BatchNorm' for n in steps))
+        if node['op'] not in _PASS_THROUGH and node['op'] not in _SCALAR_OPS and not is_bn:
+            return steps, node
+        if node['op'] not in _PASS_THROUGH:
+            steps.append(node)
+        current = following[0]
+    return steps, None
+
+
+def _graph_input_range(nodes):
+    """``(range, reason)`` the head of a graph shows, or None: the first scalar operation on
+    the pixels is sized for 0-255 (InsightFace's ``- 127.5``, a ``* 0.0078125`` or ``/ 255``)
+    or for [0, 1]; a BatchNorm on the raw input (InsightFace's ``bn_data``) means 0-255."""
+    steps, _ = _input_head(nodes)
+    if not steps:
+        return None
+    node = steps[0]
+    if node['op'] == 'BatchNorm':
+        return 255, '%s BatchNorm on the input' % node['name']
+    verb = _SCALAR_OPS[node['op']][0]
+    scalar = float(_attrs(node).get('scalar', 0))
+    if verb in ('subtracts', 'adds'):
+        big = abs(scalar) > 1.0
+    elif verb == 'multiplies by':
+        big = 0 < abs(scalar) < 0.1
+    else:
+        big = abs(scalar) > 10.0
+    return (255 if big else 1), 'graph %s %g after data' % (verb, scalar)
+
+
+def _check_input_range(input_range):
+    if input_range is not None and input_range not in INPUT_RANGES:
+        raise ValueError('input_range is 1 (RGB in [0, 1]) or 255 (RGB 0-255), got %r'
+                         % (input_range,))
+    return input_range
+
+
+def input_range_of(prefix, sym=None, input_range=None, log=True):
+    """``(range, reason)``: the pixel range (255 or 1) the model at ``prefix`` takes, and why.
+
+    ``input_range`` (1 or 255) overrides; else ``model.json``'s ``input`` beside the model;
+    else the normalisation at the head of the graph (``sym``, or ``PREFIX-symbol.json``;
+    followed through identity / ``_copy`` and ``Cast``): scalar subtract / multiply sized for
+    0-255 or [0, 1], a BatchNorm (``bn_data``) on the raw input for 0-255; else [0, 1] for a
+    graph with NumPy semantics (the package's exports) and 0-255 (InsightFace's convention)
+    for any other. Logs the decision (INFO) unless ``log`` is false.
+    """
+    name = os.path.basename(prefix)
+    text = '%s: input taken as %%s (%%s)' % name
+    if _check_input_range(input_range) is not None:
+        reason = 'input_range=%d given' % input_range
+    else:
+        info = read_model_info(prefix) or {}
+        if 'input' in info:
+            range_255 = '0-255' in info['input'] or '0, 255' in info['input']
+            input_range, reason = (255 if range_255 else 1), '%s: %s' % (MODEL_INFO,
+                                                                        info['input'])
+        else:
+            if sym is None:
+                sym, legacy = _load_symbol(prefix + '-symbol.json')
+            else:
+                legacy = _load_symbol(prefix + '-symbol.json', json_only=True)
+            found = _graph_input_range(json.loads(sym.tojson(remove_amp_cast=False))['nodes'])
+            if found:
+                input_range, reason = found
+            elif not legacy:
+                input_range, reason = 1, ('no %s; a graph with NumPy semantics, as this '
+                                          'package exports' % MODEL_INFO)
+            else:
+                input_range, reason = 255, ('no %s and no recognised normalisation: '
+                                            'InsightFace\'s convention' % MODEL_INFO)
+    if log:
+        _log.info(text, 'RGB 0-255' if input_range == 255 else 'RGB [0, 1]', reason)
+    return input_range, reason
+
+
+def _load_symbol(sym_path, json_only=False):
+    """``(symbol, legacy)`` of a symbol file (``legacy``: written without NumPy semantics, as
+    InsightFace's are), or only ``legacy``; CheckpointError when it is not a symbol file."""
+    try:
+        with open(sym_path, encoding='utf-8') as f:
+            legacy = not json.load(f).get('attrs', {}).get('is_np_shape')
+        return legacy if json_only else (mx.sym.load(sym_path), legacy)
+    except Exception as e:  # noqa: BLE001 - MXNet reports bad JSON variously
+        raise CheckpointError('%s is not an MXNet symbol file: %s'
+                              % (sym_path, str(e).splitlines()[0][:200])) from None
 
 
 def _embedding_output(sym, path):
@@ -152,37 +270,29 @@ def _embedding_output(sym, path):
     return sym
 
 
-def load_embedding_net(prefix, ctx=None, epoch=0):
+def load_embedding_net(prefix, ctx=None, epoch=0, input_range=None):
     """Load an exported embedding network or an InsightFace MXNet checkpoint.
 
     ``prefix``: ``PREFIX`` of ``PREFIX-symbol.json`` + ``PREFIX-%04d.params`` (``epoch``).
     Returns a block for the package's input (RGB float32 (N, 3, H, W) in [0, 1]) giving raw
-    embeddings (N, D): the model itself, or, for a model that takes RGB 0-255 (InsightFace's:
-    detected from ``model.json`` beside it or from the normalisation at the head of its graph),
-    a :class:`PixelRange` around it. The embedding is the internal ``fc1_output`` when the
-    symbol goes beyond it. The block has ``input_range`` (255 or 1) and ``source`` attributes.
+    embeddings (N, D): the model itself, or, for a model that takes RGB 0-255, a
+    :class:`PixelRange` around it. The range is :func:`input_range_of`'s (model.json, the
+    graph's head, else InsightFace's 0-255; logged); ``input_range`` (1 or 255) overrides it.
+    The embedding is the internal ``fc1_output`` when the symbol goes beyond it. The block has
+    ``input_range`` (255 or 1) and ``source`` attributes.
     """
+    _check_input_range(input_range)
     ctx = as_contexts(ctx)[0]
     sym_path, params_path = prefix + '-symbol.json', prefix + '-%04d.params' % epoch
     for path in (sym_path, params_path):
         if not os.path.isfile(path):
             raise FileNotFoundError('%s: exported model file not found' % path)
-    try:
-        with open(sym_path, encoding='utf-8') as f:
-            legacy = not json.load(f).get('attrs', {}).get('is_np_shape')
-        sym = mx.sym.load(sym_path)
-    except Exception as e:  # noqa: BLE001 - MXNet reports bad JSON variously
-        raise CheckpointError('%s is not an MXNet symbol file: %s'
-                              % (sym_path, str(e).splitlines()[0][:200])) from None
+    sym, legacy = _load_symbol(sym_path)
     if 'data' not in sym.list_inputs():
         raise CheckpointError('%s: a face model takes an input named "data"; this one takes %s'
                               % (sym_path, ', '.join(sym.list_arguments()[:4])))
     sym = _embedding_output(sym, sym_path)
-    info = read_model_info(prefix) or {}
-    if 'input' in info:
-        range_255 = '0-255' in info['input'] or '0, 255' in info['input']
-    else:
-        range_255 = _takes_pixels_0_255(_symbol_nodes(sym))
+    range_255 = input_range_of(prefix, sym, input_range)[0] == 255
     params = _load_params(params_path)
     needed = set(sym.list_arguments() + sym.list_auxiliary_states()) - {'data'}
     missing = sorted(needed - set(params))
@@ -300,14 +410,72 @@ def _ir_units(params):
     return tuple(units)
 
 
-def faceresnet_from_insightface(prefix, epoch=0, ctx=None, use_dropout=False):
+def insightface_input_norm(prefix, epoch=0, input_range=None, params=None):
+    """The FaceResNet ``input_norm`` (mean, scale) reproducing, on the package's [0, 1] input,
+    what an InsightFace checkpoint's graph does to its pixels before ``conv0``: identity /
+    ``Cast`` nodes, scalar subtract / multiply, a BatchNorm ``bn_data`` (equal statistics in
+    every channel). Its pixels are 0-255 or [0, 1] as :func:`input_range_of` decides
+    (``input_range`` overrides). None for no normalisation at all. CheckpointError, naming the
+    file, when the head cannot be written so (e.g. per-channel ``bn_data`` statistics).
+    ``params``: the checkpoint's parameters if already loaded."""
+    sym_path = prefix + '-symbol.json'
+    if not os.path.isfile(sym_path):
+        raise FileNotFoundError('%s: the checkpoint\'s symbol is needed (its head tells the '
+                                'input normalisation)' % sym_path)
+    if params is None:
+        params = _load_params(prefix + '-%04d.params' % epoch)
+    sym = _load_symbol(sym_path)[0]
+    steps, first = _input_head(json.loads(sym.tojson(remove_amp_cast=False))['nodes'])
+    if first is None or first['op'] != 'Convolution' or first['name'] != 'conv0':
+        raise CheckpointError('%s: the input reaches %s (%s) before conv0; only identity, Cast, '
+                              'scalar subtract / multiply and a bn_data BatchNorm can be mapped '
+                              'into a FaceResNet' % (sym_path, first and first['name'],
+                                                     first and first['op']))
+    scale, shift = 1.0, 0.0  # the head as scale * pixel + shift (per channel after a BatchNorm)
+    for node in steps:
+        if node['op'] != 'BatchNorm':
+            scale, shift = _SCALAR_OPS[node['op']][1](scale, shift,
+                                                       float(_attrs(node)['scalar']))
+            continue
+        attrs, name = _attrs(node), node['name']
+        stats = {k: params[name + '_' + k].asnumpy().astype(np.float64) for k in
+                 ('moving_mean', 'moving_var', 'beta', 'gamma') if name + '_' + k in params}
+        if 'moving_var' not in stats:
+            raise CheckpointError('%s lacks %s_moving_var' % (sym_path, name))
+        gamma = 1.0 if attrs.get('fix_gamma', 'True') in ('True', 'true', '1') else \
+            stats['gamma']
+        k = gamma / np.sqrt(stats['moving_var'] + float(attrs.get('eps', 1e-3)))
+        scale, shift = scale * k, (shift - stats['moving_mean']) * k + stats.get('beta', 0.0)
+    scale, shift = np.asarray(scale, np.float64), np.asarray(shift, np.float64)
+    for value in (scale, shift):
+        if np.ptp(value) > 1e-6 * np.abs(value).max():
+            raise CheckpointError(
+                '%s: the input is normalised per channel (a bn_data BatchNorm with different '
+                'statistics in each channel), which a FaceResNet\'s input_norm (one mean, one '
+                'scale) cannot hold; such a checkpoint can be verified and embedded through '
+                'interop.load_embedding_net (scripts/verify.py) but not mapped into a '
+                'FaceResNet' % sym_path)
+    scale, shift = float(scale.flat[0]), float(shift.flat[0])
+    if scale == 0:
+        raise CheckpointError('%s: the head multiplies the input by 0' % sym_path)
+    pixels = input_range_of(prefix, sym, input_range)[0]
+    # scale * pixel + shift with pixel = pixels * x  ->  (x - mean) * input_scale
+    input_scale = scale * pixels
+    mean = -shift / input_scale
+    return None if (mean, input_scale) == (0.0, 1.0) else (mean, input_scale)
+
+
+def faceresnet_from_insightface(prefix, epoch=0, ctx=None, use_dropout=False,
+                                input_range=None):
     """A :class:`~gluon_arcface.model.FaceResNet` holding an InsightFace IR-ResNet checkpoint.
 
     The network computes the checkpoint's ``fc1`` embedding from the package's [0, 1] input:
-    ``input_norm`` reproduces InsightFace's pixel normalisation, and the 'E' head's final
-    BatchNorm (``fc1``, fix_gamma) is folded into the embedding layer (same function in
-    predict mode). Returns ``(net, info)`` with ``info`` = dict(num_layers, emb_size,
-    input_norm). Raises CheckpointError when the checkpoint is not such a network.
+    ``input_norm`` reproduces the pixel normalisation at the head of the checkpoint's graph
+    (:func:`insightface_input_norm`; 0-255 pixels unless ``input_range`` = 1 says the graph
+    takes [0, 1]), and the 'E' head's final BatchNorm (``fc1``, fix_gamma) is folded into the
+    embedding layer (same function in predict mode). Returns ``(net, info)`` with ``info`` =
+    dict(num_layers, emb_size, input_norm). Raises CheckpointError when the checkpoint is not
+    such a network, or when its input is normalised per channel (``bn_data``).
     """
     params_path = prefix + '-%04d.params' % epoch
     if not os.path.isfile(params_path):
@@ -321,17 +489,19 @@ def faceresnet_from_insightface(prefix, epoch=0, ctx=None, use_dropout=False):
     if 'pre_fc1_weight' not in params:
         raise CheckpointError('%s: no pre_fc1 embedding layer (InsightFace output type E '
                               'expected)' % params_path)
-    weight = params['pre_fc1_weight'].asnumpy()
+    input_norm = insightface_input_norm(prefix, epoch, input_range, params)
+    weight = params['pre_fc1_weight'].asnumpy().astype(np.float32)
     bias = params.get('pre_fc1_bias')
-    bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias.asnumpy()
+    bias = np.zeros(weight.shape[0], np.float32) if bias is None else \
+        bias.asnumpy().astype(np.float32)
     if 'fc1_moving_var' in params:  # fold BatchNorm(fix_gamma=True): y = (z - mean) / std + beta
-        std = np.sqrt(params['fc1_moving_var'].asnumpy() + BN_EPS)
+        std = np.sqrt(params['fc1_moving_var'].asnumpy().astype(np.float32) + BN_EPS)
         beta = params['fc1_beta'].asnumpy() if 'fc1_beta' in params else 0.0
         bias = (bias - params['fc1_moving_mean'].asnumpy()) / std + beta
         weight = weight / std[:, None]
     ctx = as_contexts(ctx)[0]
     net = FaceResNet(faceresnet_spec(depth), weight.shape[0], use_dropout,
-                     input_norm=INSIGHTFACE_INPUT_NORM)
+                     input_norm=input_norm)
     names = insightface_names(units, fc1_bn=False)
     for name, param in net._collect_params_with_prefix().items():
         theirs = names[_structural(name)]
@@ -348,13 +518,15 @@ def faceresnet_from_insightface(prefix, epoch=0, ctx=None, use_dropout=False):
         param.initialize(ctx=ctx)
         param.set_data(mnp.array(value.astype(np.float32), ctx=ctx))
     return net, dict(num_layers=depth, emb_size=int(weight.shape[0]),
-                     input_norm=list(INSIGHTFACE_INPUT_NORM))
+                     input_norm=list(input_norm) if input_norm else None)
 
 
-def ir_symbol(units, emb_size, fc1_bn=True, pixel_sub=127.5, pixel_mul=0.0078125):
+def ir_symbol(units, emb_size, fc1_bn=True, pixel_sub=127.5, pixel_mul=0.0078125, data=None):
     """The legacy MXNet symbol of an IR ResNet with InsightFace's names (``fresnet.py``,
-    unit v3): input ``data`` (N, 3, H, W); ``(data - pixel_sub) * pixel_mul`` first; output
-    ``fc1`` (the 'E' head's BatchNorm) when ``fc1_bn``, else ``pre_fc1``."""
+    unit v3): input ``data`` (N, 3, H, W); ``(data - pixel_sub) * pixel_mul`` first (None:
+    left out); output ``fc1`` (the 'E' head's BatchNorm) when ``fc1_bn``, else ``pre_fc1``.
+    ``data``: the symbol the network starts from (default the variable ``data``), e.g. the
+    ``identity`` or ``Cast`` nodes of InsightFace's variants."""
     sym = mx.sym
 
     def bn(x, name, fix_gamma=False):
@@ -364,7 +536,11 @@ def ir_symbol(units, emb_size, fc1_bn=True, pixel_sub=127.5, pixel_mul=0.0078125
         return sym.Convolution(x, num_filter=channels, kernel=kernel, stride=stride, pad=pad,
                                no_bias=True, name=name)
 
-    body = (sym.var('data') - pixel_sub) * pixel_mul
+    body = sym.var('data') if data is None else data
+    if pixel_sub is not None:
+        body = body - pixel_sub
+    if pixel_mul is not None:
+        body = body * pixel_mul
     body = conv(body, 64, (3, 3), (1, 1), (1, 1), 'conv0')
     body = sym.LeakyReLU(bn(body, 'bn0'), act_type='prelu', name='relu0')
     for s, (count, channels) in enumerate(zip(units, (64, 128, 256, 512))):
@@ -470,11 +646,12 @@ def _repair_onnx(model, numpy_helper):
 
 
 class OnnxEmbeddingNet:
-    """An ONNX face model (:func:`export_onnx`'s, or any with one RGB 0-255 input) run by
-    onnxruntime, called like the package's blocks: ``net(x)`` with x (N, 3, H, W) in [0, 1]
-    (an ``mxnet.np`` or numpy array) returns ``mxnet.np`` embeddings (N, D)."""
+    """An ONNX face model (:func:`export_onnx`'s, or any with one RGB 0-255 input; one taking
+    [0, 1] with ``input_range=1``) run by onnxruntime, called like the package's blocks:
+    ``net(x)`` with x (N, 3, H, W) in [0, 1] (an ``mxnet.np`` or numpy array) returns
+    ``mxnet.np`` embeddings (N, D)."""
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, input_range=None):
         import onnxruntime as ort
         options = ort.SessionOptions()
         if threads:
@@ -493,22 +670,24 @@ class OnnxEmbeddingNet:
                                      len(outputs)))
         self.input_name = inputs[0].name
         self.image_size = tuple(inputs[0].shape[2:4])
-        self.source, self.input_range = path, 255
+        self.source = path
+        self.input_range = 255 if _check_input_range(input_range) is None else input_range
 
     def __call__(self, x):
         x = x.asnumpy() if hasattr(x, 'asnumpy') else np.asarray(x)
         if tuple(x.shape[2:4]) != self.image_size:
             raise ValueError('%s takes %sx%s images, got %sx%s' % (
                 (self.source,) + self.image_size + tuple(x.shape[2:4])))
-        out = self.session.run(None, {self.input_name: (x * 255.0).astype(np.float32)})[0]
+        out = self.session.run(None, {self.input_name: (x * float(self.input_range))
+                                      .astype(np.float32)})[0]
         return mnp.array(out)
 
 
-def load_onnx(path, threads=None):
-    """An :class:`OnnxEmbeddingNet` for ``path``."""
+def load_onnx(path, threads=None, input_range=None):
+    """An :class:`OnnxEmbeddingNet` for ``path`` (pixels 0-255 unless ``input_range`` is 1)."""
     if not os.path.isfile(path):
         raise FileNotFoundError('%s: ONNX model not found' % path)
-    return OnnxEmbeddingNet(path, threads)
+    return OnnxEmbeddingNet(path, threads, input_range)
 
 
 def write_model_info(folder, image_size, emb_size, num_layers, cos_threshold=None,
@@ -524,32 +703,61 @@ def write_model_info(folder, image_size, emb_size, num_layers, cos_threshold=Non
 # ----------------------------------------------------------------------------- any model
 
 def _model_image_size(prefix, params_path):
-    """(H, W) an exported or InsightFace model takes: model.json, else from the embedding
-    layer's input size (512 channels at 1/16 of the side, square)."""
+    """(H, W) an exported or InsightFace model takes: model.json, else the square side at
+    which the graph's inferred parameter shapes are the checkpoint's (tried: the side the
+    embedding layer's input implies for an IR ResNet, 512 channels at 1/16 of it, then common
+    sizes), else that side or 112."""
     info = read_model_info(prefix) or {}
     if info.get('image_size'):
         return tuple(info['image_size'])
     params = _load_params(params_path)
+    guess = None
     for name, value in params.items():
         if name.endswith(('pre_fc1_weight', 'dense0_weight')) and value.ndim == 2:
             side = int(round((value.shape[1] / 512) ** 0.5)) * 16
             if 512 * (side // 16) ** 2 == value.shape[1]:
+                guess = side
+                break
+    try:
+        sym, legacy = _load_symbol(prefix + '-symbol.json')
+    except (CheckpointError, OSError):
+        legacy = False
+    if legacy:  # e.g. MobileFaceNet: a 7x7 depthwise layer makes the embedding input 512
+        sym = _embedding_output(sym, prefix)
+        shapes = {k: tuple(v.shape) for k, v in params.items()}
+        for side in dict.fromkeys(([guess] if guess else []) + [112, 128, 96, 64, 32, 16]):
+            if _shapes_fit(sym, shapes, side):
                 return side, side
-    return 112, 112
+    return (guess, guess) if guess else (112, 112)
 
 
-def load_face_model(spec, ctx=None, epoch=None):
+def _shapes_fit(sym, shapes, side):
+    """Whether a legacy symbol on (1, 3, side, side) infers the parameter shapes ``shapes``."""
+    try:
+        with mx.util.np_array(False), mx.util.np_shape(False):
+            args, _, aux = sym.infer_shape_partial(data=(1, 3, side, side))
+    except mx.base.MXNetError:
+        return False
+    names = sym.list_arguments() + sym.list_auxiliary_states()
+    inferred = dict(zip(names, list(args or []) + list(aux or [])))
+    return all(tuple(inferred.get(k) or ()) == v for k, v in shapes.items() if k in inferred)
+
+
+def load_face_model(spec, ctx=None, epoch=None, input_range=None):
     """Any face model the package can run, from one string -> ``(net, image_size, source)``.
 
     ``spec``: a run folder of scripts/train.py (its exported ``model/``), an exported model or
     InsightFace checkpoint (``PREFIX``, ``PREFIX-symbol.json``, ``PREFIX-0000.params`` or
     ``PREFIX,EPOCH``), or an ``.onnx`` file. ``net`` takes the package's input (RGB float32
     (N, 3, H, W) in [0, 1]) and returns raw embeddings; ``image_size`` is the (H, W) it
-    expects. CheckpointError when the file is not a face model (one 4-D input, embeddings out).
+    expects. The model's pixel range is decided as :func:`load_embedding_net` does (ONNX: 0-255);
+    ``input_range`` (1 or 255) overrides it. CheckpointError when the file is not a face model
+    (one 4-D input, embeddings out).
     """
+    _check_input_range(input_range)
     spec = os.fspath(spec)
     if spec.lower().endswith('.onnx'):
-        net = load_onnx(spec)
+        net = load_onnx(spec, input_range=input_range)
         return net, net.image_size, spec
     if ',' in spec and epoch is None and spec.rsplit(',', 1)[1].isdigit():
         spec, epoch = spec.rsplit(',', 1)
@@ -568,7 +776,7 @@ def load_face_model(spec, ctx=None, epoch=None):
     if epoch is None:
         found = sorted(glob.glob(glob.escape(spec) + '-[0-9][0-9][0-9][0-9].params'))
         epoch = int(found[-1][-11:-7]) if found else 0
-    net = load_embedding_net(spec, ctx, epoch)
+    net = load_embedding_net(spec, ctx, epoch, input_range)
     image_size = _model_image_size(spec, spec + '-%04d.params' % epoch)
     _check_face_model(net, image_size, spec + '-symbol.json', ctx)
     return net, image_size, spec
@@ -588,13 +796,16 @@ def _check_face_model(net, image_size, path, ctx):
                               'shape %s, expected (1, embedding size)' % (path, out.shape))
 
 
-def faceresnet_from_model(spec, ctx=None):
+def faceresnet_from_model(spec, ctx=None, input_range=None):
     """A :class:`~gluon_arcface.model.FaceResNet` holding a trained model -> ``(net,
     image_size)``: a run folder or an exported model of this package (its ``model.json`` gives
     depth, embedding size, input size and normalisation), or an InsightFace IR-ResNet
     checkpoint (``PREFIX`` or ``PREFIX,EPOCH``). What :func:`export_onnx` and fine-tuning take.
+    ``input_range`` (1 or 255): the pixels an InsightFace checkpoint's graph takes, overriding
+    :func:`input_range_of`; the package's own models take [0, 1], so 255 is an error for them.
     """
     from .pretrained import find_backbone_file, load_backbone
+    _check_input_range(input_range)
     spec = os.fspath(spec)
     epoch = None
     if ',' in spec and spec.rsplit(',', 1)[1].isdigit():
@@ -610,8 +821,13 @@ def faceresnet_from_model(spec, ctx=None):
     path, kind = find_backbone_file(spec)
     stem = re.sub(r'-\d{4}\.params$', '', path)
     if kind == 'insightface':
-        net, _ = faceresnet_from_insightface(stem, int(path[-11:-7]), ctx)
+        net, _ = faceresnet_from_insightface(stem, int(path[-11:-7]), ctx,
+                                             input_range=input_range)
         return net, _model_image_size(stem, path)
+    if input_range == 255:
+        raise ConfigError('%s is a model of this package, which takes RGB in [0, 1] (its '
+                          'input_norm says the rest); input range 255 applies only to an '
+                          'InsightFace checkpoint' % path)
     info = read_model_info(stem) or {}
     if not {'num_layers', 'emb_size', 'image_size'} <= set(info):
         raise CheckpointError('%s: model.json with num_layers, emb_size and image_size is '

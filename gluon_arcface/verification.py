@@ -465,7 +465,7 @@ def format_table(results, style='markdown'):
 
 
 def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=True, dtype=None,
-                 output=None, progress=True, baseline=False):
+                 output=None, progress=True, baseline=False, input_range=None):
     """Verify a model on ``.bin`` sets as InsightFace's verification.py does -> ``{target:
     VerificationResult}``.
 
@@ -474,14 +474,18 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
     (``<data_dir>/<name>.bin``) or paths of .bin files; images are resized to the model's input
     size. ``flip``: add the mirror image's embedding (the protocol's default). ``baseline``:
     also score the raw pixels (``<target> (raw pixels)``). ``output``: a folder for
-    ``verification.json`` and ``roc.png``.
+    ``verification.json`` and ``roc.png``. ``input_range`` (1 or 255): the pixel range a model
+    file takes, overriding what ``load_face_model`` decides (model.json, the graph's head,
+    else InsightFace's 0-255).
     """
     from .binfile import load_bin
     from .fileio import write_json
     from .interop import load_face_model
     from .plotting import plot_roc
     if isinstance(model, (str, os.PathLike)):
-        net, image_size, source = load_face_model(model, ctx)
+        net, image_size, source = load_face_model(model, ctx, input_range=input_range)
+    elif input_range is not None:
+        raise ValueError('input_range applies to a model file, not to a loaded network')
     else:
         net, image_size, source = model, (112, 112), repr(model)
     results = {}

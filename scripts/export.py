@@ -6,6 +6,12 @@ MXNet symbol + params.
 PREFIX-symbol.json) or an InsightFace IR-ResNet MXNet checkpoint (PREFIX,EPOCH). The ONNX model
 takes RGB float32 (N, 3, H, W) with pixel values 0-255 and returns the (not normalised)
 embedding; see the README's "Deploying a model".
+
+An InsightFace checkpoint's pixel normalisation is read from its graph (subtract / multiply
+after data, through identity and Cast nodes; a bn_data BatchNorm with equal statistics in every
+channel; nothing recognised: RGB 0-255, InsightFace's convention); --input-range 1 says its graph
+takes RGB in [0, 1] instead. A bn_data normalised per channel cannot be mapped (verify.py still
+runs such a checkpoint).
 """
 import argparse
 import sys
@@ -23,6 +29,11 @@ def build_parser():
                    help='write PREFIX-symbol.json + PREFIX-0000.params (and model.json beside)')
     p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                    help='compute dtype of the MXNet export (default: float32)')
+    p.add_argument('--input-range', type=int, choices=(1, 255),
+                   help='pixel range an InsightFace checkpoint\'s graph takes: 255 (RGB 0-255) '
+                        'or 1 (RGB in [0, 1]); default: read from the graph, else 255. This '
+                        'package\'s own models always take [0, 1] (255 is an error for them); '
+                        'the exported ONNX model takes 0-255 either way')
     p.add_argument('--check', action='store_true',
                    help='after the ONNX export, compare onnxruntime with MXNet on random faces '
                         'and print the largest difference')
@@ -38,7 +49,9 @@ def main(argv=None):
     def run():
         import os
         from gluon_arcface import interop
-        net, image_size = interop.faceresnet_from_model(args.model)
+        cli.get_logger()  # shows the pixel range chosen for an InsightFace model, and why
+        net, image_size = interop.faceresnet_from_model(args.model,
+                                                        input_range=args.input_range)
         if args.onnx:
             interop.export_onnx(net, args.onnx, image_size)
             print('wrote %s (input: RGB 0-255, %dx%d)' % ((args.onnx,) + tuple(image_size)))

@@ -6,6 +6,11 @@
 PREFIX-symbol.json), an InsightFace MXNet checkpoint (PREFIX,EPOCH, e.g. model-r100-ii/model,0)
 or an .onnx file. Images are resized to the model's input size; --output keeps
 verification.json and roc.png.
+
+The pixel range the model takes is read from its model.json (this package's exports), else from
+the head of its graph (InsightFace's subtract 127.5 / multiply 0.0078125 after data, also through
+identity and Cast nodes; a bn_data BatchNorm on the input), else taken as RGB 0-255,
+InsightFace's convention; the choice is printed. --input-range 1|255 overrides it.
 """
 import argparse
 import sys
@@ -33,6 +38,10 @@ def build_parser():
                         'AVX512-BF16 or AMX; default: float32)')
     p.add_argument('--baseline', action='store_true',
                    help='also score the raw pixels of each set (what a model must beat)')
+    p.add_argument('--input-range', type=int, choices=(1, 255),
+                   help='pixel range the model takes: 255 (RGB 0-255, InsightFace\'s) or 1 '
+                        '(RGB in [0, 1], this package\'s); default: read from model.json or '
+                        'the graph, else 255')
     p.add_argument('--output', help='folder for verification.json and roc.png')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     cli.add_threads_argument(p)
@@ -45,10 +54,12 @@ def main(argv=None):
     def run():
         from gluon_arcface.devices import as_contexts
         from gluon_arcface.verification import format_table, verify_model
+        cli.get_logger()  # shows the pixel range chosen for the model, and why
         targets = [t for t in args.targets.split(',') if t.strip()]
         results = verify_model(args.model, targets, args.data_dir, as_contexts(args.ctx),
                                args.batch_size, args.flip, args.dtype, args.output,
-                               progress=not args.no_progress, baseline=args.baseline)
+                               progress=not args.no_progress, baseline=args.baseline,
+                               input_range=args.input_range)
         print(format_table(results, style='text'))
         if args.output:
             print('wrote %s/verification.json and %s/roc.png' % (args.output, args.output))

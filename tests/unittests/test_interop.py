@@ -209,7 +209,8 @@ def test_verify_script_on_a_run_its_export_and_its_onnx(tmp_path, synthetic_face
         tables.append(out.stdout.split('\nwrote')[0])
     metrics = json.load(open(os.path.join(run, 'metrics.json')))['verification'][SYNTHETIC_VAL]
     assert '%.2f' % (100 * metrics['accuracy']) in tables[0]
-    rows = [t.splitlines()[2].split()[:4] for t in tables]  # target, accuracy, ±, std
+    rows = [[line for line in t.splitlines() if line.startswith(SYNTHETIC_VAL)][0].split()[:4]
+            for t in tables]  # target, accuracy, ±, std (a model file's line comes first)
     assert rows[0] == rows[1] == rows[2], tables
     report = json.load(open(tmp_path / 'v' / 'verification.json'))
     assert report['targets'][SYNTHETIC_VAL]['num_pairs'] == 20
