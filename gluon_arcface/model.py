@@ -375,18 +375,25 @@ class TrainBlock(nn.HybridBlock):
     parallelism) before the margin head. ``margin`` holds ArcMarginBlock's keyword arguments;
     ``head`` replaces the margin head by another block taking ``(emb, y)`` (e.g. SoftmaxBlock).
     ``fast=False`` builds the plain FaceResNet blocks (``nn.PReLU``; same function and names).
+    ``backbone``: a callable building another feature network in place of the FaceResNet
+    (e.g. ``functools.partial(DlibResNet, ...)``; its output size must be ``emb_size``).
     """
 
     def __init__(self, num_layers, emb_size, num_classes, use_dropout, margin=None, head=None,
-                 fast=True, input_norm=None, **kwargs):
+                 fast=True, input_norm=None, backbone=None, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.emb_size, self.num_classes = num_layers, emb_size, num_classes
         self.use_dropout, self.fast, self.input_norm = use_dropout, fast, input_norm
+        self.backbone = backbone
         with self.name_scope():
             # prefix='' keeps feat_net's parameter names equal to the TestBlock's.
             self.feat_net = nn.HybridSequential(prefix='')
-            self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=True,
-                                             fast=fast, input_norm=input_norm))
+            if backbone is None:
+                self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout,
+                                                 do_init=True, fast=fast, input_norm=input_norm))
+            else:
+                self.feat_net.add(backbone())
+                self.feat_net.initialize()  # default values, until weights are loaded
             if head is not None:
                 self.margin_block = head
             else:
@@ -404,19 +411,22 @@ class TestBlock(nn.HybridBlock):
 
     ``TestBlock(num_layers, emb_size, use_dropout, params=train_net.collect_params())`` shares
     the TrainBlock's parameters (by name), so later training updates show here.
-    ``forward(x)``: (N, 3, H, W) float32 in [0, 1] -> (N, emb_size) float32.
+    ``forward(x)``: (N, 3, H, W) float32 in [0, 1] -> (N, emb_size) float32. ``backbone``:
+    the TrainBlock's, when it has another feature network than FaceResNet.
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, num_layers, emb_size, use_dropout, fast=True, input_norm=None, **kwargs):
+    def __init__(self, num_layers, emb_size, use_dropout, fast=True, input_norm=None,
+                 backbone=None, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.emb_size, self.fast = num_layers, emb_size, fast
-        self.use_dropout, self.input_norm = use_dropout, input_norm
+        self.use_dropout, self.input_norm, self.backbone = use_dropout, input_norm, backbone
         with self.name_scope():
             self.feat_net = nn.HybridSequential(prefix='')
-            self.feat_net.add(get_faceresnet(num_layers, emb_size, use_dropout, do_init=False,
-                                             fast=fast, input_norm=input_norm))
+            self.feat_net.add(backbone() if backbone is not None else get_faceresnet(
+                num_layers, emb_size, use_dropout, do_init=False, fast=fast,
+                input_norm=input_norm))
 
     def hybrid_forward(self, F, x):
         return self.feat_net(x)

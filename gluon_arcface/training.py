@@ -88,7 +88,8 @@ def make_test_net(net):
     """A TestBlock sharing ``net``'s parameters (``net`` a gluon_arcface TrainBlock)."""
     from .model import TestBlock
     return TestBlock(net.num_layers, net.emb_size, net.use_dropout, params=net.collect_params(),
-                     input_norm=getattr(net, 'input_norm', None))
+                     input_norm=getattr(net, 'input_norm', None),
+                     backbone=getattr(net, 'backbone', None))
 
 
 class _Interrupt:
@@ -140,7 +141,7 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                      verify_every=1, lr_steps=None, lr_factor=0.1, checkpoint_dir=None,
                      resume=False, keep_last=2, hybridize=True, progress=True, animator=None,
                      log=print, is_master=None, verify_batch_size=None, batch_step=None,
-                     schedule=None, amp=False):
+                     schedule=None, amp=False, select_by=None):
     """Train ``net`` for ``num_epochs`` epochs: the chapter's training loop, on several devices.
 
     The chapter's call ``train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx)`` works
@@ -175,7 +176,8 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
         applied before every step.
     checkpoint_dir : str, optional
         Parameters and trainer state after each epoch (the ``keep_last`` newest kept),
-        ``best.params`` for the best mean verification accuracy.
+        ``best.params`` for the best mean verification accuracy (of ``select_by``'s target
+        alone when given, e.g. a held-out part of the training identities).
     resume : bool or 'auto'
         Continue from ``checkpoint_dir``'s latest checkpoint ('auto': if there is one).
     amp : bool
@@ -301,7 +303,8 @@ def train_ch_facerec(net, loader, loss, trainer, num_epochs, ctx, val_set=None, 
                     accs.append(sum(v.values()) / len(v) if v else None)
                 animator.add(epoch + 1, [record['loss'], *accs])
             if verify_now and checkpoint_dir and is_master:
-                acc = sum(record['verification'].values()) / len(record['verification'])
+                scores = record['verification']
+                acc = scores[select_by] if select_by else sum(scores.values()) / len(scores)
                 if best is None or acc > best:
                     best = acc
                     ckpt.save_best(checkpoint_dir, net, dict(epoch=epoch + 1, accuracy=acc,
