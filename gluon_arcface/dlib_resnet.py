@@ -22,6 +22,7 @@ returns the block; :func:`export_dlib_onnx` writes it as an ONNX model.
 import hashlib
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def dlib_architecture():
                 layer('con')] + stride_sub
 
     wrappers = [layer('fc'), layer('avg_pool')]
-    for filters, down in reversed(_UNITS):
+    for _filters, down in reversed(_UNITS):
         if down:  # relu<add_prev2<avg_pool<skip1<tag2<block<tag1<SUBNET>>>>>>>
             wrappers += [layer('relu'), layer('add_prev'), layer('avg_pool'), ('skip', 1),
                          ('tag', 2)] + block([('tag', 1)])
@@ -132,12 +133,15 @@ def _side_after(side, kernel, stride, padding=0):
     return (side + 2 * padding - kernel) // stride + 1
 
 
-def _interp_matrix(out_size, in_size, scale, offset):
+def _interp_matrix(out_size, in_size, scale, offset, clamp=False):
     """(out_size, in_size) bilinear weights sampling input pixel ``(i - offset) / scale`` for
-    output pixel i (pixel centres at integers); zero outside the input."""
+    output pixel i (pixel centres at integers); zero outside the input, or the nearest edge
+    pixel with ``clamp``."""
     m = np.zeros((out_size, in_size), dtype=np.float64)
     for i in range(out_size):
         src = (i - offset) / scale
+        if clamp:
+            src = min(max(src, 0.0), in_size - 1.0)
         lo = int(np.floor(src))
         frac = src - lo
         for j, w in ((lo, 1.0 - frac), (lo + 1, frac)):
@@ -154,8 +158,8 @@ def geometry_map(geometry, input_size, chip_size=DLIB_CHIP_SIZE):
     height, width = input_size
     if geometry == 'resize':  # pixel centres aligned: src = (i + 0.5) * in / out - 0.5
         sy, sx = chip_size / height, chip_size / width
-        return (_interp_matrix(chip_size, height, sy, 0.5 * sy - 0.5),
-                _interp_matrix(chip_size, width, sx, 0.5 * sx - 0.5))
+        return (_interp_matrix(chip_size, height, sy, 0.5 * sy - 0.5, clamp=True),
+                _interp_matrix(chip_size, width, sx, 0.5 * sx - 0.5, clamp=True))
     if geometry == 'dlib-chip':
         # Least-squares scale and shift per axis (the templates are upright and symmetric):
         # chip = s * crop + t, on the ArcFace template scaled to this crop.
@@ -303,32 +307,83 @@ def load_dlib_resnet(path, ctx=None, cache_dir=None, **settings):
     params = convert_dat(path, cache_dir)
     net = DlibResNet(**settings)
     net.initialize(ctx=as_contexts(ctx))
-    load_weights(net, params)
-    return net
+    return load_weights(net, params)
+
+
+def find_dlib_resnet(net):
+    """The DlibResNet in ``net`` (itself, or a TrainBlock's / TestBlock's backbone), or None."""
+    if isinstance(net, DlibResNet):
+        return net
+    for child in getattr(net, '_children', {}).values():
+        found = find_dlib_resnet(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _structural(name):
+    """A DlibResNet parameter's name relative to the network, from a converted file, a
+    TrainBlock checkpoint (``feat_net.0.`` first) or an export (``...dlibresnet0_`` first)."""
+    name = name.split(':', 1)[-1]
+    return name[len('feat_net.0.'):] if name.startswith('feat_net.0.') else name
 
 
 def load_weights(net, params_path):
-    """Copy converted dlib weights (structural names) into the DlibResNet of ``net`` (itself,
-    or a TrainBlock's backbone). Returns ``net``."""
-    found = [b for b in _blocks(net) if isinstance(b, DlibResNet)]
-    if not found:
+    """Copy DlibResNet weights into the DlibResNet of ``net``: converted dlib weights, a
+    checkpoint of a TrainBlock built on one, or an exported one. Returns ``net``."""
+    found = find_dlib_resnet(net)
+    if found is None:
         raise TypeError('%s has no DlibResNet' % type(net).__name__)
-    arrays = npx.load(params_path)
-    for name, param in found[0]._collect_params_with_prefix().items():
+    try:
+        arrays = {_structural(k): v for k, v in npx.load(params_path).items()}
+    except Exception as e:  # noqa: BLE001 - MXNet reports unreadable files variously
+        raise CheckpointError('%s is unreadable (truncated or not an MXNet parameter file): %s'
+                              % (params_path, str(e).splitlines()[0][:200])) from None
+    by_name = {p.name[len(found.prefix):]: n
+               for n, p in found._collect_params_with_prefix().items()}
+    exported = {by_name.get(re.sub(r'^.*?dlibresnet\d+_', '', k)): v for k, v in arrays.items()
+                if 'dlibresnet' in k}
+    arrays.update({k: v for k, v in exported.items() if k})
+    for name, param in found._collect_params_with_prefix().items():
         if name.endswith(_CONSTANTS):
             continue
         if name not in arrays:
-            raise CheckpointError('%s lacks %s: not converted dlib-resnet-v1 weights'
-                                  % (params_path, name))
+            raise CheckpointError('%s lacks %s: not dlib-resnet-v1 weights' % (params_path, name))
+        if tuple(arrays[name].shape) != tuple(param.shape):
+            raise CheckpointError('%s: %s has shape %s, the network needs %s'
+                                  % (params_path, name, arrays[name].shape, param.shape))
         for ctx in param.list_ctx():
             param.data(ctx)[:] = arrays[name].as_in_context(ctx)
     return net
 
 
-def _blocks(block):
-    yield block
-    for child in block._children.values():
-        yield from _blocks(child)
+def dlib_resnet_from_file(path, settings, ctx=None):
+    """A DlibResNet built with ``settings`` (``describe()``'s, from model.json) holding the
+    weights of ``path`` (a run's checkpoint or an exported model's parameters)."""
+    from .devices import as_contexts
+    keys = ('input_size', 'geometry', 'chip_size', 'mean_rgb')
+    net = DlibResNet(**{k: settings[k] for k in keys if k in settings})
+    net.initialize(ctx=as_contexts(ctx))
+    return load_weights(net, path)
+
+
+class DlibNative:
+    """The named model run by dlib itself (``dlib.face_recognition_model_v1``, needs
+    dlib-bin), for reference: ``net(x)`` with x (N, 3, 150, 150) RGB in [0, 1] (dlib chips)
+    returns its descriptors as ``mxnet.np`` (N, 128)."""
+
+    def __init__(self, name='dlib-resnet-v1'):
+        from .detect import _dlib
+        from .model_zoo import pretrained_file
+        self.model = _dlib().face_recognition_model_v1(pretrained_file(name))
+        self.image_size, self.source, self.input_range = (150, 150), name + '@dlib', 1
+
+    def __call__(self, x):
+        x = x.asnumpy() if hasattr(x, 'asnumpy') else np.asarray(x)
+        chips = [np.ascontiguousarray(np.clip(np.round(c.transpose(1, 2, 0) * 255), 0, 255)
+                                      .astype(np.uint8)) for c in x]
+        out = self.model.compute_face_descriptor(chips)
+        return mx.np.array(np.array([list(d) for d in out], dtype=np.float32))
 
 
 # ----------------------------------------------------------------------------- ONNX

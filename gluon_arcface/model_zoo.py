@@ -1,0 +1,83 @@
+"""Named pretrained face models: ``get_pretrained('dlib-resnet-v1')``.
+
+A name is accepted wherever a model is (``scripts/verify.py --model``, ``scripts/export.py
+--model``, ``scripts/train.py --pretrained``, ``FaceEmbedder.load``). The weights come from a
+package on PyPI, read from its files at first use and converted once (no network access at run
+time):
+
+* ``dlib-resnet-v1``: dlib's face recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``
+  from ``face-recognition-models``, CC0 / public domain; the network code is dlib's, Boost
+  Software License). 128-d embeddings. It takes ArcFace 112x112 crops by default and maps them
+  in its graph onto dlib's 150x150 chip (``geometry='dlib-chip'``, the best of the framings
+  measured; README: "Starting from a pretrained face model").
+"""
+import importlib.util
+import os
+
+from .errors import ConfigError
+
+__all__ = ['PRETRAINED_MODELS', 'is_pretrained', 'pretrained_file', 'pretrained_info',
+           'get_pretrained', 'dlib_models_dir']
+
+PRETRAINED_MODELS = {
+    'dlib-resnet-v1': dict(
+        file='dlib_face_recognition_resnet_model_v1.dat', emb_size=128,
+        image_size=(112, 112), geometry='dlib-chip',
+        description="dlib's face recognition ResNet (about 3 million faces, 99.38 % on LFW)"),
+}
+EXTRA = 'pip install "gluon_arcface[pretrained]" (or: pip install face-recognition-models)'
+
+
+def is_pretrained(spec):
+    """Whether ``spec`` (what a user typed as a model) names a pretrained model."""
+    return isinstance(spec, str) and spec in PRETRAINED_MODELS
+
+
+def _entry(name):
+    if name not in PRETRAINED_MODELS:
+        raise ConfigError('unknown pretrained model %r: expected one of %s'
+                          % (name, ', '.join(PRETRAINED_MODELS)))
+    return PRETRAINED_MODELS[name]
+
+
+def dlib_models_dir():
+    """The ``models`` folder of the installed ``face-recognition-models`` package (found
+    without importing it: its ``__init__`` needs pkg_resources, gone from new setuptools)."""
+    spec = importlib.util.find_spec('face_recognition_models')
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError('the dlib models need the package face-recognition-models: %s' % EXTRA)
+    return os.path.join(list(spec.submodule_search_locations)[0], 'models')
+
+
+def pretrained_file(name):
+    """The weights file of a named model (in the package that ships it)."""
+    path = os.path.join(dlib_models_dir(), _entry(name)['file'])
+    if not os.path.isfile(path):
+        raise ImportError('%s: not found; reinstall face-recognition-models (%s)' % (path, EXTRA))
+    return path
+
+
+def pretrained_info(name, image_size=None, geometry=None):
+    """What ``model.json`` records for a named model: backbone, image_size, emb_size, geometry,
+    input convention."""
+    from .interop import PACKAGE_INPUT
+    entry = _entry(name)
+    return dict(backbone=name, image_size=list(image_size or entry['image_size']),
+                emb_size=entry['emb_size'], geometry=geometry or entry['geometry'],
+                input=PACKAGE_INPUT, cos_threshold={})
+
+
+def get_pretrained(name, ctx=None, image_size=None, geometry='default'):
+    """A named pretrained network with its weights -> a HybridBlock taking the package's input
+    (RGB float32 (N, 3, H, W) in [0, 1]) and giving raw (N, D) embeddings.
+
+    ``image_size`` (H, W): the crops it takes (default 112x112); ``geometry``: how a crop
+    becomes the network's face (for dlib-resnet-v1: 'dlib-chip', 'resize' or None to run on the
+    crop as it is; 'default': the model's).
+    """
+    from .dlib_resnet import load_dlib_resnet
+    entry = _entry(name)
+    if geometry == 'default':
+        geometry = entry['geometry']
+    size = tuple(image_size or entry['image_size'])
+    return load_dlib_resnet(pretrained_file(name), ctx=ctx, input_size=size, geometry=geometry)
