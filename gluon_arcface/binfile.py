@@ -391,13 +391,15 @@ def read_bin(path):
     return images, issame
 
 
-def load_bin(path, image_size=(112, 112)):
+def load_bin(path, image_size=(112, 112), prepare=None, progress=False):
     """Load a verification .bin -> ``(data_list, issame_list)``.
 
     ``data_list = [originals, flipped]``: each an ``mxnet.np`` float32 array (2N, 3, H, W) in
     [0, 1] (the scaling of the training transform), the second flipped left-right. Images of
     another size are resized to ``image_size`` (H, W) as the training images are
-    (``images.resize_face``). ``issame_list``: bool numpy array (N,).
+    (``images.resize_face``). ``issame_list``: bool numpy array (N,). ``prepare``: a function
+    applied to each decoded RGB uint8 image first (e.g. ``detect.realign``); ``progress``: a
+    progress bar over the images.
     """
     path = os.fspath(path)
     images, issame = read_bin(path)
@@ -409,8 +411,13 @@ def load_bin(path, image_size=(112, 112)):
                             'flipped), but only %.1f GB of memory is available'
                             % (len(images), height, width, need / 2 ** 30, available / 2 ** 30))
     out = np.empty((len(images), 3, height, width), dtype=np.float32)
-    for i, buf in enumerate(images):
-        to_network_input(resize_face(decode_image(buf, path, i), (height, width)), out=out[i])
+    from tqdm import tqdm
+    for i, buf in enumerate(tqdm(images, desc=os.path.basename(path), unit='img',
+                                 disable=not progress, leave=False)):
+        img = decode_image(buf, path, i)
+        if prepare is not None:
+            img = prepare(img)
+        to_network_input(resize_face(img, (height, width)), out=out[i])
     flipped = np.ascontiguousarray(out[:, :, :, ::-1])
     return [mnp.array(out), mnp.array(flipped)], issame
 

@@ -465,7 +465,7 @@ def format_table(results, style='markdown'):
 
 
 def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=True, dtype=None,
-                 output=None, progress=True, baseline=False, input_range=None):
+                 output=None, progress=True, baseline=False, input_range=None, align=None):
     """Verify a model on ``.bin`` sets as InsightFace's verification.py does -> ``{target:
     VerificationResult}``.
 
@@ -476,14 +476,29 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
     also score the raw pixels (``<target> (raw pixels)``). ``output``: a folder for
     ``verification.json`` and ``roc.png``. ``input_range`` (1 or 255): the pixel range a model
     file takes, overriding what ``load_face_model`` decides (model.json, the graph's head,
-    else InsightFace's 0-255).
+    else InsightFace's 0-255). ``align='landmarks'``: re-align every image from its own
+    landmarks (``detect.realign``, needs dlib) to the model's template first: dlib's 150x150
+    chip for dlib-resnet-v1 (then run without its in-graph framing), ArcFace's otherwise.
     """
     from .binfile import load_bin
     from .fileio import write_json
     from .interop import load_face_model
     from .plotting import plot_roc
+    prepare = None
+    if align not in (None, 'landmarks'):
+        raise ValueError("align must be None or 'landmarks', got %r" % (align,))
     if isinstance(model, (str, os.PathLike)):
         net, image_size, source = load_face_model(model, ctx, input_range=input_range)
+        if align:
+            import functools
+            from .detect import realign
+            from .model_zoo import get_pretrained, is_pretrained
+            chip = is_pretrained(str(model)) or str(model).endswith('@dlib')
+            if is_pretrained(str(model)):  # the chip replaces the in-graph framing
+                net, image_size = get_pretrained(model, ctx, (150, 150), geometry=None), \
+                    (150, 150)
+            prepare = functools.partial(realign, template='dlib-chip' if chip else 'arcface',
+                                        image_size=image_size)
     elif input_range is not None:
         raise ValueError('input_range applies to a model file, not to a loaded network')
     else:
@@ -493,7 +508,8 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
         path = target if str(target).endswith('.bin') else os.path.join(data_dir or '.',
                                                                          target + '.bin')
         name = os.path.basename(path)[:-4]
-        data_list, issame = load_bin(path, image_size)
+        data_list, issame = load_bin(path, image_size, prepare, progress=bool(
+            progress and prepare))
         data_set = (data_list if flip else data_list[:1], issame)
         results[name] = verify(data_set, net, ctx, batch_size, dtype=dtype,
                                progress=name if progress else False)

@@ -22,7 +22,9 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True,
-                   help='run folder, exported model prefix, InsightFace PREFIX,EPOCH or .onnx')
+                   help='run folder, exported model prefix, InsightFace PREFIX,EPOCH, .onnx, '
+                        'or a pretrained model: dlib-resnet-v1 (dlib-resnet-v1@dlib: the same '
+                        'weights run by dlib itself, for reference)')
     p.add_argument('--data-dir', default='.', help='folder of the <target>.bin files '
                                                    '(default: the current folder)')
     p.add_argument('--targets', default='lfw,cfp_fp,agedb_30',
@@ -42,6 +44,10 @@ def build_parser():
                    help='pixel range the model takes: 255 (RGB 0-255, InsightFace\'s) or 1 '
                         '(RGB in [0, 1], this package\'s); default: read from model.json or '
                         'the graph, else 255')
+    p.add_argument('--align', choices=('landmarks',),
+                   help='re-align every image from its own landmarks (dlib, needs the '
+                        'pretrained extra) to the model\'s template: dlib\'s 150x150 chip for '
+                        'dlib-resnet-v1, ArcFace\'s otherwise (default: images as they are)')
     p.add_argument('--output', help='folder for verification.json and roc.png')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     cli.add_threads_argument(p)
@@ -59,7 +65,7 @@ def main(argv=None):
         results = verify_model(args.model, targets, args.data_dir, as_contexts(args.ctx),
                                args.batch_size, args.flip, args.dtype, args.output,
                                progress=not args.no_progress, baseline=args.baseline,
-                               input_range=args.input_range)
+                               input_range=args.input_range, align=args.align)
         print(format_table(results, style='text'))
         if args.output:
             print('wrote %s/verification.json and %s/roc.png' % (args.output, args.output))
