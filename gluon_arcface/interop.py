@@ -72,7 +72,7 @@ def export_embedding_net(net, prefix, image_size=(112, 112), epoch=0, dtype=None
     """
     if not isinstance(net, gluon.HybridBlock):
         raise TypeError('only a HybridBlock can be exported, got %s' % type(net).__name__)
-    if dtype is None:
+    if dtype is None or (dtype == 'float32' and backbone_of(net) is None):
         return _export(net, prefix, image_size, epoch)
     previous = compute_dtype_of(net)
     set_compute_dtype(net, dtype)
@@ -578,6 +578,9 @@ def export_onnx(net, path, image_size=(112, 112)):
     repaired where it errs (PReLU slope shapes, weights listed as inputs). Returns ``path``;
     the file passes ``onnx.checker.check_model(full_check=True)``.
     """
+    from .dlib_resnet import DlibResNet, export_dlib_onnx, find_dlib_resnet
+    if isinstance(find_dlib_resnet(net), DlibResNet):
+        return export_dlib_onnx(find_dlib_resnet(net), path)
     import onnx
     from onnx import helper, numpy_helper
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
@@ -691,13 +694,17 @@ def load_onnx(path, threads=None, input_range=None):
 
 
 def write_model_info(folder, image_size, emb_size, num_layers, cos_threshold=None,
-                     input_norm=None):
+                     input_norm=None, backbone=None):
     """``model.json`` of an exported model: input convention, size, embedding size, the
-    backbone's ``input_norm`` and the verified decision thresholds (cosine)."""
-    return write_json(os.path.join(folder, MODEL_INFO), dict(
-        image_size=list(image_size), emb_size=emb_size, num_layers=num_layers,
-        cos_threshold=cos_threshold or {}, input=PACKAGE_INPUT,
-        input_norm=list(input_norm) if input_norm else None))
+    backbone's ``input_norm`` and the verified decision thresholds (cosine); ``backbone``: the
+    settings of a network other than FaceResNet (``DlibResNet.describe()``)."""
+    info = dict(image_size=list(image_size), emb_size=emb_size, num_layers=num_layers,
+                cos_threshold=cos_threshold or {}, input=PACKAGE_INPUT,
+                input_norm=list(input_norm) if input_norm else None)
+    if backbone:
+        info['backbone_settings'] = dict(backbone)
+        info['backbone'] = backbone['backbone']
+    return write_json(os.path.join(folder, MODEL_INFO), info)
 
 
 # ----------------------------------------------------------------------------- any model
@@ -759,6 +766,9 @@ def load_face_model(spec, ctx=None, epoch=None, input_range=None):
     if spec.lower().endswith('.onnx'):
         net = load_onnx(spec, input_range=input_range)
         return net, net.image_size, spec
+    named = _named_model(spec, ctx, input_range)
+    if named:
+        return named + (spec,)
     if ',' in spec and epoch is None and spec.rsplit(',', 1)[1].isdigit():
         spec, epoch = spec.rsplit(',', 1)
         epoch = int(epoch)
@@ -807,6 +817,9 @@ def faceresnet_from_model(spec, ctx=None, input_range=None):
     from .pretrained import find_backbone_file, load_backbone
     _check_input_range(input_range)
     spec = os.fspath(spec)
+    named = _named_model(spec, ctx, input_range)
+    if named:
+        return named
     epoch = None
     if ',' in spec and spec.rsplit(',', 1)[1].isdigit():
         spec, epoch = spec.rsplit(',', 1)
@@ -829,6 +842,10 @@ def faceresnet_from_model(spec, ctx=None, input_range=None):
                           'input_norm says the rest); input range 255 applies only to an '
                           'InsightFace checkpoint' % path)
     info = read_model_info(stem) or {}
+    if info.get('backbone_settings'):  # fine-tuned from a named model
+        from .dlib_resnet import dlib_resnet_from_file
+        return dlib_resnet_from_file(path, info['backbone_settings'], ctx), \
+            tuple(info['image_size'])
     if not {'num_layers', 'emb_size', 'image_size'} <= set(info):
         raise CheckpointError('%s: model.json with num_layers, emb_size and image_size is '
                               'needed beside the model to rebuild it' % path)
@@ -837,6 +854,23 @@ def faceresnet_from_model(spec, ctx=None, input_range=None):
     net.initialize(ctx=as_contexts(ctx)[0])
     load_backbone(net, path)
     return net, tuple(info['image_size'])
+
+
+def _named_model(spec, ctx, input_range):
+    """``(net, image_size)`` for a named pretrained model (``model_zoo``), or
+    ``NAME@dlib`` (the same weights run by dlib itself, for reference); None for other specs."""
+    from .model_zoo import PRETRAINED_MODELS, get_pretrained, is_pretrained
+    reference = spec.endswith('@dlib') and is_pretrained(spec[:-len('@dlib')])
+    if not (reference or is_pretrained(spec)):
+        return None
+    if input_range not in (None, 1):
+        raise ConfigError('%s takes the package\'s [0, 1] input; --input-range does not apply'
+                          % spec)
+    if reference:
+        from .dlib_resnet import DlibNative
+        net = DlibNative(spec[:-len('@dlib')])
+        return net, net.image_size
+    return get_pretrained(spec, ctx), tuple(PRETRAINED_MODELS[spec]['image_size'])
 
 
 def compare_onnx(net, path, image_size, num_images=8, seed=0):

@@ -23,7 +23,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True,
-                   help='run folder, exported model prefix or InsightFace PREFIX,EPOCH')
+                   help='run folder, exported model prefix, InsightFace PREFIX,EPOCH or a '
+                        'pretrained model (dlib-resnet-v1)')
     p.add_argument('--onnx', metavar='FILE', help='write an ONNX model here')
     p.add_argument('--mxnet', metavar='PREFIX',
                    help='write PREFIX-symbol.json + PREFIX-0000.params (and model.json beside)')
@@ -60,8 +61,10 @@ def main(argv=None):
                       'embedding value %.3g)' % interop.compare_onnx(net, args.onnx, image_size))
         if args.mxnet:
             interop.export_embedding_net(net, args.mxnet, image_size, dtype=args.dtype)
-            interop.write_model_info(os.path.dirname(os.path.abspath(args.mxnet)), image_size,
-                                     net.emb_size, net.num_layers, input_norm=net.input_norm)
+            interop.write_model_info(
+                os.path.dirname(os.path.abspath(args.mxnet)), image_size, net.emb_size,
+                getattr(net, 'num_layers', None), input_norm=getattr(net, 'input_norm', None),
+                backbone=net.describe() if hasattr(net, 'describe') else None)
             print('wrote %s-symbol.json and %s-0000.params' % (args.mxnet, args.mxnet))
     return cli.main_guard(run)
 
