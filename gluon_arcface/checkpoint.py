@@ -16,7 +16,7 @@ from .errors import CheckpointError
 from .fileio import atomic_write, write_json
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'load_parameters', 'latest_checkpoint',
-           'save_best', 'check_states_file']
+           'save_best', 'read_best', 'check_states_file']
 
 STATE_FILE = 'checkpoint.json'
 BEST_FILE = 'best.json'
@@ -83,6 +83,11 @@ def _read_state(folder, name=STATE_FILE):
 def latest_checkpoint(folder):
     """checkpoint.json of ``folder`` as a dict, or None when there is no checkpoint yet."""
     return _read_state(folder) if os.path.isdir(folder) else None
+
+
+def read_best(folder):
+    """best.json of ``folder`` (epoch, accuracy, params) as a dict, or None."""
+    return _read_state(folder, BEST_FILE) if os.path.isdir(folder) else None
 
 
 def load_parameters(net, path, ctx=None):

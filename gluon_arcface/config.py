@@ -102,6 +102,13 @@ RECIPES = {
     'small-data': dict(image_size=(64, 64), emb_size=128, batch_size=64, momentum=0.9,
                        nesterov=True, lr_schedule='cosine', warmup_epochs=1.0, margin_s='auto',
                        margin_warmup=2.0, epochs=20, max_samples=36000, verify_every=5),
+    # A pretrained face model adapted to tens of people (README: "Starting from a pretrained
+    # face model"): a new head learns first on the fixed network, then both at a low rate;
+    # the best epoch is chosen on held-out training identities.
+    'finetune': dict(pretrained='dlib-resnet-v1', batch_size=64, lr=0.1, momentum=0.9,
+                     lr_schedule='cosine', freeze_epochs=1.0, backbone_lr_mult=0.1,
+                     margin_s='auto', epochs=8, max_samples=16000, holdout=0.2,
+                     verify_every=1),
 }
 
 
@@ -208,14 +215,19 @@ class TrainConfig:
 
     # ---- fine-tuning
     pretrained: typing.Optional[str] = _setting(
-        None, 'start the backbone from a run folder, a checkpoint (.params) or an exported model '
-        '(PREFIX or PREFIX-symbol.json); the head is new', 'fine-tuning', metavar='PATH',
-        default_text='random initialisation')
+        None, 'start the backbone from a named pretrained model (dlib-resnet-v1: its network '
+        'replaces FaceResNet, 128-d), a run folder, a checkpoint (.params), an exported model '
+        '(PREFIX or PREFIX-symbol.json) or an InsightFace checkpoint (PREFIX,EPOCH); the head '
+        'is new', 'fine-tuning', metavar='NAME|PATH', default_text='random initialisation')
     backbone_lr_mult: float = _setting(
         1.0, "the backbone's learning rate as a multiple of --lr", 'fine-tuning', metavar='X')
     freeze_epochs: float = _setting(
         0.0, 'epochs during which only the head learns (the backbone stays as loaded)',
         'fine-tuning', metavar='E')
+    holdout: float = _setting(
+        0.0, 'fraction of the training identities (at least 2) left out of training and '
+        'verified as "holdout" after each epoch; the run keeps its best epoch by them',
+        'fine-tuning', metavar='F')
 
     # ---- run
     recipe: str = _setting(
@@ -256,6 +268,8 @@ class TrainConfig:
                      'backbone_lr_mult', 'wd', 'momentum', 'max_samples'):
             if getattr(self, name) < 0:
                 raise ConfigError('%s must be >= 0, got %r' % (name, getattr(self, name)))
+        if not 0 <= self.holdout < 1:
+            raise ConfigError('holdout must be a fraction in [0, 1), got %r' % self.holdout)
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError('dropout must be in [0, 1), got %r' % self.dropout)
         if self.image_size is not None:

@@ -26,7 +26,7 @@ from .recordio import KeySequence, RecordReader
 
 __all__ = ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
            'FaceTrainTransform', 'FaceDataLoader', 'SkippedImage', 'load_data_face_rec',
-           'list_val_targets', 'IMAGE_EXTENSIONS']
+           'list_val_targets', 'IMAGE_EXTENSIONS', 'load_pairs']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 
@@ -207,6 +207,10 @@ class FaceFolderDataset(_FaceDataset):
 
     def __len__(self):
         return len(self.items)
+
+    def label_of(self, idx):
+        """Class id of item ``idx`` (its folder's number)."""
+        return self.items[idx][1]
 
     def _load(self, idx):
         path, label = self.items[idx]
@@ -411,7 +415,7 @@ class FaceDataLoader(gluon.data.DataLoader):
 
 def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle=True,
                        skip_bad=False, num_parts=1, part_index=0, thread_pool=True, seed=None,
-                       augment=None, image_size=None):
+                       augment=None, image_size=None, exclude_identities=()):
     """The chapter's loader -> ``(loader, val_set)``.
 
     Training images come from ``train.rec`` when it exists, else from the ``%08d`` folders;
@@ -426,6 +430,11 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
     Labels and image sizes are checked against ``property``; an image that does not decode
     raises ImageDecodeError, or with ``skip_bad=True`` is replaced by the next good one and
     listed in ``loader.skipped`` (a FaceDataLoader).
+
+    ``exclude_identities``: class ids left out of training (e.g. to choose the best epoch on
+    people the network does not train on); the others are renumbered 0.. in order,
+    ``loader.dataset_info['num_classes']`` counts them and ``['held_out']`` maps each excluded
+    id to its item indices in ``loader.face_dataset`` (see :func:`load_pairs`).
     """
     image_size_prop, num_classes = read_facerec_meta(data_dir)
     rec_path = os.path.join(data_dir, 'train.rec')
@@ -440,6 +449,10 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
         raise FaceDataError(dataset.source, 'no training images: expected train.rec + train.idx '
                             'with image records, or %08d identity folders of images beside '
                             'property')
+    held_out = None
+    if len(exclude_identities):
+        dataset = _IdentitySubset(dataset, exclude_identities)
+        num_classes, held_out = num_classes - len(dataset.held_out), dataset.held_out
     if num_parts > 1:
         if not 0 <= part_index < num_parts:
             raise ValueError('part_index %d outside [0, %d)' % (part_index, num_parts))
@@ -452,7 +465,7 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
                                 part_index, num_parts) if num_parts > 1 else '', batch_size))
     input_size = tuple(image_size) if image_size else image_size_prop
     info = dict(source=face_dataset.source, images=len(dataset),
-                all_images=len(face_dataset), num_classes=num_classes,
+                all_images=len(face_dataset), num_classes=num_classes, held_out=held_out,
                 image_size=input_size, batch_size=batch_size, num_workers=num_workers)
     transform = FaceTrainTransform(seed=seed, augment=augment,
                                    image_size=None if input_size == image_size_prop else input_size)
@@ -462,6 +475,50 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
         thread_pool=thread_pool)
     val_set = _load_val_set(data_dir, val_targets, input_size)
     return loader, val_set
+
+
+class _IdentitySubset(gluon.data.Dataset):
+    """The items of ``dataset`` whose identity is not in ``exclude``, renumbered 0.. in order;
+    ``held_out`` maps each excluded identity to its item indices."""
+
+    def __init__(self, dataset, exclude):
+        self.dataset, self.source = dataset, getattr(dataset, 'source', None)
+        exclude = set(int(i) for i in exclude)
+        labels = [dataset.label_of(i) for i in range(len(dataset))]
+        self.held_out = {i: [] for i in sorted(exclude)}
+        kept = sorted(set(labels) - exclude)
+        self.relabel = {old: new for new, old in enumerate(kept)}
+        self.indices = []
+        for idx, label in enumerate(labels):
+            (self.held_out[label] if label in exclude else self.indices).append(idx)
+        empty = [i for i, items in self.held_out.items() if not items]
+        if empty:
+            raise FaceDataError(self.source, 'identity %d has no images to hold out' % empty[0])
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, idx):
+        img, label = self.dataset[self.indices[idx]]
+        # With skip_bad a bad image is replaced by the next good one, which may be held out.
+        step = 1
+        while label not in self.relabel:
+            img, label = self.dataset[self.indices[(idx + step) % len(self.indices)]]
+            step += 1
+        return img, self.relabel[label]
+
+
+def load_pairs(dataset, pairs, image_size):
+    """A verification set from items of a face dataset, as :func:`load_bin` returns one:
+    ``pairs`` a list of ``(item_a, item_b, issame)`` -> ``([originals, flipped], issame)``,
+    each (2N, 3, H, W) float32 in [0, 1] at ``image_size`` (H, W)."""
+    out = np.empty((2 * len(pairs), 3) + tuple(image_size), dtype=np.float32)
+    for i, item in enumerate(idx for a, b, _ in pairs for idx in (a, b)):
+        img = dataset[item][0]
+        img = img.asnumpy() if hasattr(img, 'asnumpy') else img
+        to_network_input(resize_face(img, tuple(image_size)), out=out[i])
+    flipped = np.ascontiguousarray(out[:, :, :, ::-1])
+    return [mnp.array(out), mnp.array(flipped)], np.array([s for _, _, s in pairs], dtype=bool)
 
 
 class _Shard(gluon.data.Dataset):

@@ -18,7 +18,7 @@ from . import checkpoint as ckpt
 from .augment import PROBABILITIES
 from .cli import log_to_file
 from .config import SYNTHETIC_VAL, TrainConfig
-from .datasets import load_data_face_rec, read_facerec_meta
+from .datasets import load_data_face_rec, load_pairs, read_facerec_meta
 from .devices import as_contexts, available_memory
 from .distributed import WorkerGroup, create_kvstore, create_trainer
 from .errors import ConfigError, DownloadError
@@ -29,6 +29,8 @@ from .margin import SoftmaxBlock, margin_settings
 from .model import CHAPTER_DROPOUT, TrainBlock, estimate_step_memory, set_compute_dtype
 from .parallel import FeatBlock, split_head, train_ch_facerec_parall
 from .precision import amp_dtype
+from .model_zoo import is_pretrained
+from .prepare import sample_pairs
 from .pretrained import backbone_input_norm, load_backbone
 from .plotting import plot_history, plot_roc
 from .schedules import TrainSchedule
@@ -37,6 +39,8 @@ from .training import make_test_net, train_ch_facerec
 from .verification import format_table, verify, verify_pixels
 
 __all__ = ['resolve_data_dir', 'fit']
+
+HOLDOUT = 'holdout'  # the verification set of held-out training identities
 
 
 def _describe_schedule(c):
@@ -160,23 +164,32 @@ def _train(c, ctx, kv, group, log):
     num_workers = c.num_workers if c.num_workers is not None else decoding_workers(
         on_gpu=any(x.device_type == 'gpu' for x in ctx))
     augment = c.augment_settings()
+    held = _holdout_identities(c, num_classes)
     loader, val_set = load_data_face_rec(
         data_dir, list(c.val_targets), c.batch_size // group.num_workers,
         num_workers=num_workers, num_parts=group.num_workers, part_index=rank, seed=c.seed,
-        skip_bad=c.skip_bad, augment=augment, image_size=image_size)
+        skip_bad=c.skip_bad, augment=augment, image_size=image_size, exclude_identities=held)
+    if held:
+        num_classes = loader.dataset_info['num_classes']
+        val_set = dict(val_set, **{HOLDOUT: _holdout_set(loader, image_size, c.seed)})
+    named = is_pretrained(c.pretrained)
+    emb_size = _named_backbone_emb_size(c, log) if named else c.emb_size
     # The chapter: Dropout(0.4) when there are at most 20000 identities.
     use_dropout = c.dropout if c.dropout is not None else (
         CHAPTER_DROPOUT if num_classes <= 20000 else 0.0)
     margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b,
                              num_classes)
     # A backbone from InsightFace keeps the input normalisation it was trained with.
-    input_norm = backbone_input_norm(c.pretrained) if c.pretrained else None
+    input_norm = backbone_input_norm(c.pretrained) if c.pretrained and not named else None
+    backbone = _named_backbone(c.pretrained, image_size) if named else None
     system = thread_info(num_workers)
     resolved = dict(input_norm=list(input_norm) if input_norm else None,
                     data_dir=data_dir, data_size=list(data_size), image_size=list(image_size),
                     num_classes=num_classes, images=loader.dataset_info['images'],
                     dropout=use_dropout, margin=margin, augment=dataclasses.asdict(augment),
-                    ctx=[str(x) for x in ctx], workers=group.num_workers)
+                    ctx=[str(x) for x in ctx], workers=group.num_workers,
+                    holdout_identities=[int(i) for i in held],
+                    backbone=backbone().describe() if backbone else None)
     epochs = resolved['epochs'] = c.epochs_for(loader.dataset_info['all_images'])
     if is_master:
         write_json(os.path.join(c.output, 'config.json'),
@@ -189,8 +202,9 @@ def _train(c, ctx, kv, group, log):
         % (data_dir, resolved['images'], num_classes, data_size[0], data_size[1],
            ', trained at %dx%d' % image_size if image_size != tuple(data_size) else '',
            ', '.join(c.val_targets) or 'none'))
-    log('model: FaceResNet-%d, %d-d embedding, dropout %g, %s head%s%s; devices: %s%s'
-        % (c.num_layers, c.emb_size, use_dropout, c.loss, ' %s' % margin if margin else '',
+    log('model: %s, %d-d embedding, dropout %g, %s head%s%s; devices: %s%s'
+        % (c.pretrained if named else 'FaceResNet-%d' % c.num_layers, emb_size, use_dropout,
+           c.loss, ' %s' % margin if margin else '',
            ' split over the devices' if c.model_parallel else '', ', '.join(resolved['ctx']),
            '; %d workers (%s), %d images per worker and step'
            % (group.num_workers, c.kvstore, c.batch_size // group.num_workers)
@@ -214,17 +228,26 @@ def _train(c, ctx, kv, group, log):
     if c.momentum:
         optimizer_params['momentum'] = c.momentum
     if c.model_parallel:
+        if named:
+            raise ConfigError('--model-parallel splits the head of a FaceResNet; it does not '
+                              'combine with --pretrained %s' % c.pretrained)
         net = FeatBlock(c.num_layers, c.emb_size, use_dropout, input_norm=input_norm)
         cls_nets = split_head(c.emb_size, num_classes, ctx, margin, softmax=margin is None)
     else:
-        head = SoftmaxBlock(c.emb_size, num_classes) if margin is None else None
-        net = TrainBlock(c.num_layers, c.emb_size, num_classes, use_dropout, margin=margin,
-                         head=head, input_norm=input_norm)
+        head = SoftmaxBlock(emb_size, num_classes) if margin is None else None
+        net = TrainBlock(c.num_layers, emb_size, num_classes, use_dropout, margin=margin,
+                         head=head, input_norm=input_norm, backbone=backbone)
     net.collect_params().reset_ctx(ctx)
+    zero_shot = {}
     if c.pretrained and not (c.resume and ckpt.latest_checkpoint(options['checkpoint_dir'])):
-        log('backbone from %s' % load_backbone(net, c.pretrained))
+        log('backbone from %s' % _load_pretrained(net, c.pretrained))
+        if is_master and val_set:  # what the model knew before training, for the final table
+            zero_shot = _verify_all(val_set, make_test_net(net), ctx, c.batch_size, log,
+                                    'zero-shot')
     options['amp'] = c.amp
+    options['select_by'] = HOLDOUT if held else None
     if c.model_parallel:
+        options.pop('select_by')
         history = train_ch_facerec_parall(net, cls_nets, loader, c.epochs, ctx, lr=c.lr,
                                           wd=c.wd, momentum=c.momentum, optimizer=optimizer,
                                           **options)
@@ -234,12 +257,13 @@ def _train(c, ctx, kv, group, log):
         history = train_ch_facerec(net, loader, gluon.loss.SoftmaxCrossEntropyLoss(), trainer,
                                    c.epochs, ctx, **options)
     num_layers, loss, output, batch_size = c.num_layers, c.loss, c.output, c.batch_size
-    emb_size = c.emb_size
     metrics = dict(epochs=history['epochs'], verification={})
     if not is_master:
         return metrics
-    plot_history(history, os.path.join(output, 'curves.png'), title='FaceResNet-%d, %s'
-                 % (num_layers, loss))
+    name = c.pretrained if named else 'FaceResNet-%d' % num_layers
+    plot_history(history, os.path.join(output, 'curves.png'), title='%s, %s' % (name, loss))
+    if held:
+        metrics['kept'] = _keep_best(net, options['checkpoint_dir'], ctx, log)
     test_net = make_test_net(net)
     if c.amp and amp_dtype(ctx)[0] != 'float32':
         set_compute_dtype(test_net, amp_dtype(ctx)[0])  # as verified during training
@@ -250,6 +274,8 @@ def _train(c, ctx, kv, group, log):
         res = verify(data_set, test_net, ctx, batch_size=batch_size)
         results[target] = res
         pixels[target + ' (raw pixels)'] = baseline = verify_pixels(data_set)
+        if target in zero_shot:
+            pixels[target + ' (zero-shot)'] = zero_shot[target]
         metrics['verification'][target] = {
             'accuracy': res.accuracy, 'std': res.std, 'threshold': res.threshold,
             'cos_threshold': res.cos_threshold,
@@ -258,16 +284,22 @@ def _train(c, ctx, kv, group, log):
             'tar_at_far_1e-3': res.tar_at_far, 'num_pairs': res.num_pairs,
             'raw_pixels_accuracy': baseline.accuracy,
             'raw_pixels_tar_at_far_1e-3': baseline.tar_at_far}
+        if target in zero_shot:
+            metrics['verification'][target].update({
+                'zero_shot_accuracy': zero_shot[target].accuracy,
+                'zero_shot_tar_at_far_1e-3': zero_shot[target].tar_at_far})
     if results:
         plot_roc(dict(results, **pixels), os.path.join(output, 'roc.png'),
-                 title='FaceResNet-%d, %s' % (num_layers, loss))
+                 title='%s, %s' % (name, loss))
     metrics['skipped_images'] = [s._asdict() for s in getattr(loader, 'skipped', [])]
     write_json(os.path.join(output, 'metrics.json'), metrics)
     if c.export:
-        prefix = os.path.join(output, 'model', 'faceresnet%d' % num_layers)
+        prefix = os.path.join(output, 'model', c.pretrained if named else
+                              'faceresnet%d' % num_layers)
         export_embedding_net(make_test_net(net), prefix, image_size)
         write_model_info(os.path.dirname(prefix), image_size, emb_size, num_layers,
-                         {t: r.cos_threshold for t, r in results.items()}, input_norm)
+                         {t: r.cos_threshold for t, r in results.items()}, input_norm,
+                         backbone=resolved['backbone'])
         log('exported the embedding network to %s-symbol.json / -0000.params' % prefix)
     if results:
         log('\n' + format_table(dict(results, **pixels)))
@@ -275,3 +307,70 @@ def _train(c, ctx, kv, group, log):
     log('wrote %s' % ', '.join(os.path.join(output, f) for f in written))
     return metrics
 
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def _holdout_identities(c, num_classes):
+    """The class ids ``c.holdout`` leaves out of training (seeded, the same on every worker)."""
+    if not c.holdout:
+        return []
+    count = max(2, int(round(c.holdout * num_classes)))
+    if count > num_classes - 2:
+        raise ConfigError('holdout %g of %d identities leaves fewer than 2 to train on'
+                          % (c.holdout, num_classes))
+    rng = np.random.RandomState(0 if c.seed is None else c.seed)
+    return sorted(int(i) for i in rng.choice(num_classes, count, replace=False))
+
+
+def _holdout_set(loader, image_size, seed):
+    """Verification pairs among the held-out identities' images."""
+    held = loader.dataset_info['held_out']
+    pairs = sample_pairs(held, seed=0 if seed is None else seed)
+    items = [(held[a][i], held[b][j], same) for (a, i), (b, j), same in pairs]
+    return load_pairs(loader.face_dataset, items, image_size)
+
+
+def _named_backbone_emb_size(c, log):
+    from .model_zoo import PRETRAINED_MODELS
+    size = PRETRAINED_MODELS[c.pretrained]['emb_size']
+    if c.emb_size != size and c.emb_size != TrainConfig.emb_size:
+        log('emb_size: %d, the size of %s (not %d)' % (size, c.pretrained, c.emb_size))
+    return size
+
+
+def _named_backbone(name, image_size):
+    """A factory of the named model's network for crops of ``image_size``."""
+    import functools
+    from .dlib_resnet import DlibResNet
+    from .model_zoo import PRETRAINED_MODELS
+    return functools.partial(DlibResNet, input_size=image_size,
+                             geometry=PRETRAINED_MODELS[name]['geometry'])
+
+
+def _load_pretrained(net, source):
+    """Copy a pretrained backbone into ``net``; returns the file read."""
+    if not is_pretrained(source):
+        return load_backbone(net, source)
+    from .dlib_resnet import convert_dat, load_weights
+    from .model_zoo import pretrained_file
+    path = pretrained_file(source)
+    load_weights(net, convert_dat(path))
+    return '%s (%s)' % (source, path)
+
+
+def _verify_all(val_set, test_net, ctx, batch_size, log, what):
+    test_net.hybridize(static_alloc=True, static_shape=True)
+    results = {t: verify(d, test_net, ctx, batch_size=batch_size) for t, d in val_set.items()}
+    log('%s: %s' % (what, '  '.join('%s %.4f' % (t, r.accuracy) for t, r in results.items())))
+    return results
+
+
+def _keep_best(net, checkpoint_dir, ctx, log):
+    """Load the epoch chosen on the held-out identities into ``net`` -> its best.json."""
+    best = ckpt.read_best(checkpoint_dir)
+    if best is None:
+        log('no best epoch recorded: the last epoch is kept')
+        return None
+    ckpt.load_parameters(net, os.path.join(checkpoint_dir, best['params']), ctx=ctx)
+    log('kept epoch %d (holdout %.4f)' % (best['epoch'], best['accuracy']))
+    return best
