@@ -49,22 +49,22 @@ _EXPORTS = {
                  'ModelParallelTrainer', 'train_ch_facerec_parall', 'gather_head',
                  'scatter_head'],
     'inference': ['get_embedding', 'embed_images', 'embed_files', 'cosine_similarity',
-                  'compare_faces', 'FaceEmbedder'],
+                  'compare_faces', 'FaceEmbedder', 'embed_photos', 'compare_photos'],
     'interop': ['export_embedding_net', 'load_embedding_net', 'export_onnx', 'load_onnx',
                 'faceresnet_from_insightface', 'PixelRange'],
     'plotting': ['plot_history', 'plot_face_grid', 'plot_roc'],
     'model_zoo': ['get_pretrained', 'PRETRAINED_MODELS'],
     'dlib_resnet': ['DlibResNet', 'load_dlib_resnet', 'export_dlib_onnx'],
     'dlib_dat': ['read_dat', 'DatError'],
-    'detect': ['detect_faces', 'crop_landmarks', 'realign', 'Face'],
+    'detect': ['detect_faces', 'crop_landmarks', 'realign', 'Face', 'find_face', 'NoFaceError'],
     'threads': ['configure_threads', 'thread_info'],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _MODULES = ('align', 'augment', 'benchmark', 'binfile', 'checkpoint', 'cli', 'config', 'datasets',
             'detect', 'devices', 'distributed', 'dlib_dat', 'dlib_resnet', 'errors', 'fileio',
             'hub', 'images', 'inference', 'interop', 'launcher', 'margin', 'model', 'model_zoo',
-            'parallel', 'plotting', 'prepare', 'pretrained', 'recipe', 'recordio', 'schedules',
-            'synthetic', 'threads', 'training', 'verification')
+            'parallel', 'pasted_faces', 'plotting', 'prepare', 'pretrained', 'recipe', 'recordio',
+            'schedules', 'synthetic', 'threads', 'training', 'verification')
 
 __all__ = sorted(_WHERE)
 

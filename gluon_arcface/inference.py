@@ -4,7 +4,12 @@ and export of the embedding network (symbol + params) for serving.
 Images go into the network exactly as in training and verification: RGB, (3, H, W) float32 in
 [0, 1]. Embeddings of an image and of its mirror image are summed and L2-normalised, as in the
 verification protocols, so a threshold chosen by verification applies to ``compare_faces``.
+
+Ordinary photos (a face somewhere in a larger frame) are first detected and aligned to the
+ArcFace template (:mod:`gluon_arcface.detect`, dlib): ``embed_photos``, ``compare_photos``,
+``FaceEmbedder.compare(a, b, photos=True)``.
 """
+import collections
 import os
 
 import numpy as np
@@ -17,7 +22,13 @@ from .errors import FaceDataError
 from .verification import compute_embeddings, l2_normalize
 
 __all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine_similarity',
-           'compare_faces', 'FaceEmbedder']
+           'compare_faces', 'FaceEmbedder', 'load_photo', 'photo_faces', 'embed_photos',
+           'compare_photos', 'PhotoComparison', 'DEFAULT_THRESHOLDS']
+
+#: Cosine thresholds of named pretrained models that have none in their model.json, measured
+#: here (README, "From your photos to a dataset"): dlib-resnet-v1's is the 10-fold threshold of
+#: its verification of Yale B photos pasted into larger frames, detected and aligned.
+DEFAULT_THRESHOLDS = {'dlib-resnet-v1': None}
 
 
 def get_embedding(img, net, ctx=None):
@@ -108,16 +119,94 @@ class FaceEmbedder:
             thresholds = (read_model_info(source) or {}).get('cos_threshold') or {}
             if len(thresholds) == 1:
                 threshold = float(next(iter(thresholds.values())))
+        if threshold is None and isinstance(model, str):
+            threshold = DEFAULT_THRESHOLDS.get(model)
         return cls(net, image_size or model_size, threshold, ctx)
 
-    def embed(self, images):
+    def embed(self, images, photos=False, detector='auto'):
+        """Normalised (N, D) embeddings of aligned crops (RGB arrays or files), or with
+        ``photos=True`` of ordinary photos (the face of each is detected and aligned first;
+        :class:`~gluon_arcface.detect.NoFaceError` names a photo without one)."""
+        if photos:
+            return embed_photos(images, self.net, self.ctx, self.image_size, detector=detector)
         if images and isinstance(images[0], (str, os.PathLike)):
             return embed_files(images, self.net, self.ctx, self.image_size)
         return embed_images(images, self.net, self.ctx, self.image_size)
 
-    def compare(self, a, b, threshold=None):
+    def compare(self, a, b, threshold=None, photos=False, detector='auto'):
+        """``(cosine similarity, same)`` of two faces: aligned crops (arrays or files), or
+        with ``photos=True`` ordinary photos, detected and aligned first (see
+        :func:`compare_photos` for the faces and crops)."""
         threshold = self.threshold if threshold is None else threshold
         if threshold is None:
             raise ValueError('no threshold: pass one, or use cos_threshold from a verification '
                              'run')
+        if photos:
+            result = compare_photos(a, b, self.net, threshold, self.ctx, self.image_size,
+                                    detector=detector)
+            return result.similarity, result.same
         return compare_faces(a, b, self.net, threshold, self.ctx, self.image_size)
+
+
+# ----------------------------------------------------------------------------- photos
+
+PhotoComparison = collections.namedtuple(
+    'PhotoComparison', 'similarity same threshold faces crops photos')
+PhotoComparison.__doc__ = ('What :func:`compare_photos` returns: cosine ``similarity``, ``same`` '
+                           '(similarity > threshold), the ``threshold``, the two detected '
+                           '``faces`` (detect.Face), their aligned ``crops`` and the decoded '
+                           '``photos`` (RGB).')
+
+
+def load_photo(photo):
+    """A photo as RGB uint8: a file path (JPEG, PNG or BMP; FaceDataError naming it when
+    missing or not an image) or an array (greyscale and RGBA are converted)."""
+    from .detect import as_rgb
+    if isinstance(photo, (str, os.PathLike)):
+        try:
+            with open(photo, 'rb') as f:
+                return decode_image(f.read(), os.fspath(photo))
+        except FileNotFoundError:
+            raise FaceDataError(photo, 'image file not found') from None
+        except IsADirectoryError:
+            raise FaceDataError(photo, 'is a folder, not an image file') from None
+    return as_rgb(photo)
+
+
+def photo_faces(photos, image_size=(112, 112), detector='auto', policy='largest',
+                images=None):
+    """Detect and align the face of each photo (paths or arrays) -> ``(faces, crops,
+    images)``: :data:`~gluon_arcface.detect.Face` s, RGB crops at ``image_size`` on the
+    ArcFace template, and the decoded photos (``images``: already decoded ones, the paths then
+    only name them). A photo without a face to keep raises
+    :class:`~gluon_arcface.detect.NoFaceError` naming it."""
+    from .detect import align, find_face
+    faces, crops, decoded = [], [], []
+    for i, photo in enumerate(photos):
+        img = load_photo(photo if images is None else images[i])
+        name = os.fspath(photo) if isinstance(photo, (str, os.PathLike)) else 'photo %d' % i
+        face = find_face(img, detector, policy, name)
+        faces.append(face)
+        crops.append(align(img, face, image_size))
+        decoded.append(img)
+    return faces, crops, decoded
+
+
+def embed_photos(photos, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True,
+                 detector='auto'):
+    """Embed ordinary photos (paths or RGB arrays): each one's face is detected, aligned to
+    the ArcFace template at ``image_size`` and embedded -> L2-normalised float32 (N, D)."""
+    _, crops, _ = photo_faces(photos, image_size, detector)
+    return embed_images(crops, net, ctx, image_size, batch_size, flip)
+
+
+def compare_photos(photo_a, photo_b, net, threshold, ctx=None, image_size=(112, 112),
+                   detector='auto', images=None):
+    """Whether two ordinary photos show the same person -> :data:`PhotoComparison`. Each
+    photo's face is detected and aligned first; ``threshold`` is a cosine similarity.
+    ``images``: the two photos already decoded (the paths then name them in messages)."""
+    faces, crops, images = photo_faces([photo_a, photo_b], image_size, detector,
+                                       images=images)
+    emb = embed_images(crops, net, ctx, image_size)
+    sim = float(np.dot(emb[0], emb[1]))
+    return PhotoComparison(sim, sim > threshold, threshold, faces, crops, images)

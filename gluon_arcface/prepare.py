@@ -8,7 +8,8 @@
 * ``check_dataset``: decode every image and load every ``.bin`` of a dataset folder.
 
 Images are decoded to RGB with OpenCV, aligned to the ArcFace template when landmarks are given
-(else resized), and stored as JPEG encoded from BGR with ``cv2.imencode``, as the field's tools do.
+or faces are detected (``detect``: dlib, :mod:`gluon_arcface.detect`; else resized), and
+stored as JPEG encoded from BGR with ``cv2.imencode``, as the field's tools do.
 Outputs are built in a hidden sibling folder and renamed into place only when complete.
 """
 import bisect
@@ -203,8 +204,10 @@ def read_pairs(pairs_txt):
 class _FaceEncoder:
     """Decode -> align or resize -> JPEG. Counts what it did."""
 
-    def __init__(self, image_size, landmarks, landmarks_source, jpeg_quality):
+    def __init__(self, image_size, landmarks, landmarks_source, jpeg_quality, detect=None,
+                 detect_policy='largest'):
         self.image_size = image_size
+        self.detect, self.detect_policy = detect, detect_policy
         self.landmarks, self.landmarks_source = landmarks, landmarks_source
         self.jpeg_quality = int(jpeg_quality)
         if not 1 <= self.jpeg_quality <= 100:
@@ -223,7 +226,12 @@ class _FaceEncoder:
         with open(path, 'rb') as f:
             img = decode_image(f.read(), path)
         height, width = self.image_size
-        if pts is not None:
+        if self.detect is not None:
+            from .detect import align, find_face
+            img = align(img, find_face(img, self.detect, self.detect_policy, path),
+                        self.image_size)
+            self.aligned += 1
+        elif pts is not None:
             img = align_face(img, pts, self.image_size)
             self.aligned += 1
             self.used_landmarks.add(_rel_key(rel))
@@ -403,7 +411,8 @@ def _check_val_name(val_name):
 
 def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, landmarks=None,
                     holdout=0, val_name='val', num_pairs=None, min_images=1, jpeg_quality=95,
-                    seed=0, skip_bad=False, overwrite=False, progress=True):
+                    seed=0, skip_bad=False, overwrite=False, progress=True, detect=None,
+                    detect_policy='largest'):
     """Convert per-person photo folders into a training dataset folder ``out_dir``.
 
     ``src_dir`` holds one folder per person (any names); class ids 0..K-1 follow the sorted
@@ -420,6 +429,13 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
     (chosen with ``seed``) stay out of training; ``num_pairs`` pairs of their photos (see
     ``sample_pairs``) form ``<val_name>.bin``, and their names are listed in
     ``<val_name>_identities.txt``.
+
+    With ``detect`` ('auto', 'hog' or 'cnn'; dlib, see :func:`gluon_arcface.detect.find_face`)
+    the face of each photo is found and aligned to the ArcFace template at ``image_size``
+    instead: the largest face, unless another of similar size is there (``detect_policy=
+    'largest'``), or only photos with exactly one face (``'skip'``). Photos without a face to
+    keep, and photos that do not decode, are skipped, never guessed at; they are listed
+    (``path<TAB>reason``) in ``out_dir/skipped.tsv`` and in the summary.
 
     An undecodable photo raises ``FaceDataError`` naming it, or with ``skip_bad`` is skipped
     (as is a photo missing from the landmarks). ``out_dir`` must not exist or be empty (with
@@ -445,8 +461,16 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
         raise ValueError('the output folder %s and the source folder %s overlap; choose another '
                          'output folder' % (out_dir, src_dir))
     _check_out_dir(out_dir, overwrite)
+    if detect is not None:
+        from .detect import DETECTORS, POLICIES
+        if detect not in DETECTORS or detect_policy not in POLICIES:
+            raise ValueError('detect must be one of %s and detect_policy one of %s, got %r, %r'
+                             % (DETECTORS, POLICIES, detect, detect_policy))
+        if landmarks is not None:
+            raise ValueError('give landmarks or detect, not both')
+        skip_bad = True
     lm, lm_source = _as_landmarks(landmarks)
-    encoder = _FaceEncoder(image_size, lm, lm_source, jpeg_quality)
+    encoder = _FaceEncoder(image_size, lm, lm_source, jpeg_quality, detect, detect_policy)
 
     people = scan_identities(src_dir)
     dropped = [(name, len(files)) for name, files in people if len(files) < min_images]
@@ -499,13 +523,16 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
             if rec is not None:
                 rec.abort()
             raise FaceDataError(src_dir, 'no person has %d or more usable photos: nothing to '
-                                'train on' % min_images)
+                                'train on%s' % (min_images, _skip_note(skipped)))
         num_images = sum(n for _, _, n in identities)
         if rec is not None:
             rec.close()
         write_property(stage.path, len(identities), image_size, num_images)
         write_text(os.path.join(stage.path, 'identities.tsv'),
                    ''.join('%d\t%s\n' % (cid, name) for cid, name, _ in identities))
+        if skipped or detect is not None:
+            write_text(os.path.join(stage.path, 'skipped.tsv'), 'path\treason\n' + ''.join(
+                '%s\t%s\n' % (_one_field(p), _one_field(r)) for p, r in skipped))
         pairs = []
         if holdout:
             pairs = sample_pairs(held_images, num_pairs, seed)
@@ -524,11 +551,24 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
         ('val_name', val_name if holdout else None), ('pairs', len(pairs)),
         ('same_pairs', sum(1 for p in pairs if p[2])), ('dropped', dropped),
         ('skipped', skipped), ('resized', encoder.resized), ('aligned', encoder.aligned),
-        ('unused_landmarks', unused), ('moved_aside', stage.moved_aside)])
+        ('unused_landmarks', unused), ('moved_aside', stage.moved_aside),
+        ('detect', detect), ('detect_policy', detect_policy if detect else None)])
 
 
 def _skippable(err):
-    return isinstance(err, ImageDecodeError) or err.reason.startswith('no landmarks for')
+    from .detect import NoFaceError
+    return (isinstance(err, (ImageDecodeError, NoFaceError))
+            or err.reason.startswith('no landmarks for'))
+
+
+def _one_field(text):
+    return re.sub(r'[\t\r\n]+', ' ', str(text))
+
+
+def _skip_note(skipped):
+    if not skipped:
+        return ''
+    return '; %d photo(s) were skipped, e.g. %s: %s' % (len(skipped), *skipped[0])
 
 
 def _write_identity_folder(folder, encoded):
@@ -767,7 +807,13 @@ def format_summary(summary):
             lines.append('dropped %d identities with too few usable photos: %s'
                          % (len(summary['dropped']),
                             _shorten(['%s (%d)' % d for d in summary['dropped']])))
-        if summary['skipped']:
+        if summary['skipped'] and summary.get('detect'):
+            reasons = collections.Counter(_reason_kind(r) for _, r in summary['skipped'])
+            lines.append('skipped %d photos (%s), listed in %s' % (
+                len(summary['skipped']), ', '.join('%s: %d' % kv for kv in
+                                                   sorted(reasons.items())),
+                os.path.join(summary['out_dir'], 'skipped.tsv')))
+        elif summary['skipped']:
             lines.append('skipped %d bad photos, e.g. %s: %s'
                          % (len(summary['skipped']), *summary['skipped'][0]))
         if summary.get('unused_landmarks'):
@@ -775,12 +821,25 @@ def format_summary(summary):
         if summary.get('moved_aside'):
             lines.append('the previous %s was kept as %s' % (summary['out_dir'],
                                                               summary['moved_aside']))
-    if summary['aligned']:
+    if summary['aligned'] and summary.get('detect'):
+        lines.append('detected (%s) and aligned %d faces to the ArcFace 5-point template'
+                     % (summary['detect'], summary['aligned']))
+    elif summary['aligned']:
         lines.append('aligned %d images to the ArcFace 5-point template' % summary['aligned'])
     if summary['resized']:
         lines.append('resized %d images to %dx%d without alignment (no landmarks given): faces '
                      'are not aligned to the ArcFace template' % (summary['resized'], h, w))
     return '\n'.join(lines)
+
+
+def _reason_kind(reason):
+    if 'similar size' in reason:
+        return 'several faces of similar size'
+    if 'faces (' in reason:
+        return 'several faces'
+    if reason.startswith('no face'):
+        return 'no face'
+    return 'not an image'
 
 
 def _shorten(items, n=10):

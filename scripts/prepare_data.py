@@ -2,7 +2,9 @@
 """Dataset tools: turn your own face photos into the training layout, and check datasets.
 
   folders SRC OUT   per-person photo folders -> train.rec/.idx and/or %08d folders, property,
-                    identities.tsv (and <val-name>.bin from --holdout people)
+                    identities.tsv (and <val-name>.bin from --holdout people); with --detect
+                    the face of each ordinary photo is found and aligned (skipped.tsv lists
+                    the photos without one)
   pairs TXT ROOT OUT.bin
                     verification .bin from an LFW-style pairs.txt
   index REC         rebuild REC's .idx by scanning the records (a differing old one is kept)
@@ -59,6 +61,17 @@ def build_parser():
     p.add_argument('--overwrite', action='store_true',
                    help='if OUT exists and is not empty, rename it to OUT.old-<id> (never '
                         'deleted) and write a new OUT')
+    p.add_argument('--detect', nargs='?', const='auto', choices=('auto', 'hog', 'cnn'),
+                   help='find the face of each ordinary photo (dlib, needs the pretrained '
+                        'extra) and align it to the ArcFace template at --image-size: auto '
+                        '(the default of --detect: HOG, then HOG upsampled once more, then the '
+                        'CNN where HOG finds nothing), hog (fast) or cnn (slower, finds more). '
+                        'Photos with no face to keep, or that do not decode, are skipped and '
+                        'listed in OUT/skipped.tsv')
+    p.add_argument('--detect-policy', choices=('largest', 'skip'), default='largest',
+                   help='photos with several faces: largest keeps the largest unless another '
+                        'is of similar size (box area >= half of it: skipped); skip keeps only '
+                        'photos with one face (default: largest)')
 
     p = sub.add_parser('pairs', help='verification .bin from an LFW-style pairs.txt',
                        description='First line "N" or "folds<TAB>N"; then "name<TAB>i<TAB>j" '
@@ -96,7 +109,8 @@ def run(args):
             landmarks=args.landmarks, holdout=args.holdout, val_name=args.val_name,
             num_pairs=args.num_pairs, min_images=args.min_images,
             jpeg_quality=args.jpeg_quality, seed=args.seed, skip_bad=args.skip_bad,
-            overwrite=args.overwrite, progress=not args.no_progress)
+            overwrite=args.overwrite, progress=not args.no_progress, detect=args.detect,
+            detect_policy=args.detect_policy)
         print(prepare.format_summary(summary))
     elif args.command == 'pairs':
         summary = prepare.bin_from_pairs(
