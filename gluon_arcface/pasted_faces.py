@@ -173,16 +173,18 @@ def evaluate(frames, detector='auto', policy='largest', image_size=(112, 112)):
     """Run :func:`gluon_arcface.detect.find_face` on every frame -> dict: ``found`` (the kept
     face is the pasted one: its box holds the true nose tip), ``frames``, ``rate``,
     ``mean_error`` / ``median_error`` / ``max_error`` (pixels at ``image_size``, found faces),
-    ``seconds`` per frame, ``errors`` (per frame, NaN when missed), ``reasons`` of misses."""
-    from .detect import NoFaceError, find_face
-    errors, reasons = [], collections.Counter()
+    ``seconds`` per frame, ``errors`` (per frame, NaN when missed), ``reasons`` of misses,
+    ``steps``: [(detection step, pasted faces it found)] (:func:`detect.detector_steps`)."""
+    from .detect import detect_steps, detector_steps, pick_face
+    errors, reasons, steps = [], collections.Counter(), collections.Counter()
+    names = ['%s up %d' % step[:2] for step in detector_steps(detector)]
     start = time.perf_counter()
     for frame in frames:
-        try:
-            face = find_face(frame.image, detector, policy)
-        except NoFaceError as e:
+        faces, step = detect_steps(frame.image, detector)
+        face, reason = pick_face(faces, policy)
+        if face is None:
             errors.append(float('nan'))
-            reasons[e.reason.split(' (')[0]] += 1
+            reasons[reason.split(' (')[0]] += 1
             continue
         x0, y0, x1, y1 = face.box
         nx, ny = frame.landmarks[2]
@@ -191,6 +193,7 @@ def evaluate(frames, detector='auto', policy='largest', image_size=(112, 112)):
             reasons['another face kept'] += 1
             continue
         errors.append(landmark_error(frame.landmarks, face.landmarks, image_size))
+        steps[names[step]] += 1
     seconds = (time.perf_counter() - start) / max(1, len(frames))
     errors = np.array(errors)
     hit = errors[np.isfinite(errors)]
@@ -200,4 +203,5 @@ def evaluate(frames, detector='auto', policy='largest', image_size=(112, 112)):
         ('mean_error', float(hit.mean()) if len(hit) else float('nan')),
         ('median_error', float(np.median(hit)) if len(hit) else float('nan')),
         ('max_error', float(hit.max()) if len(hit) else float('nan')),
-        ('seconds', seconds), ('errors', errors), ('reasons', dict(reasons))])
+        ('seconds', seconds), ('errors', errors), ('reasons', dict(reasons)),
+        ('steps', [(n, steps[n]) for n in names])])

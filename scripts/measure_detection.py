@@ -56,13 +56,14 @@ def run_pasted(args):
     print('%d frames (%d greyscale) of %d source face(s); template residual of the sources '
           '%.2f px' % (len(frames), grey, len(sources), residual))
     print('| detector | found | rate (%) | mean / median / max error (px at 112) | s / frame '
-          '| misses |')
-    print('| --- | ---: | ---: | --- | ---: | --- |')
+          '| found by step | misses |')
+    print('| --- | ---: | ---: | --- | ---: | --- | --- |')
     for det in args.detectors.split(','):
         r = pf.evaluate(frames, det)
-        print('| %s | %d / %d | %.1f | %.2f / %.2f / %.2f | %.3f | %s |' % (
+        print('| %s | %d / %d | %.1f | %.2f / %.2f / %.2f | %.3f | %s | %s |' % (
             det, r['found'], r['frames'], 100 * r['rate'], r['mean_error'], r['median_error'],
-            r['max_error'], r['seconds'], ', '.join('%s: %d' % kv for kv in
+            r['max_error'], r['seconds'], ', '.join('%s: %d' % kv for kv in r['steps']),
+            ', '.join('%s: %d' % kv for kv in
                                                     sorted(r['reasons'].items())) or '-'))
         sys.stdout.flush()
 

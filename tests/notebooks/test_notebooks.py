@@ -39,7 +39,7 @@ OUTPUTS = {
     'datasets': ['identities.png', 'pairs.png', 'batch.png', 'no_header.rec'],
     'model_and_margins': ['parameters.png', 'target_logits.png', 'decision_boundaries.png'],
     'exercises': ['results.csv', 'results.png'],
-    'own_photos': ['augmentation.png', 'results.json', 'small-data/curves.png',
+    'own_photos': ['augmentation.png', 'results.json', 'small-data/curves.png', 'photos.png',
                    'small-data/roc.png', 'chapter/config.json'],
 }
 
