@@ -41,6 +41,7 @@ from .verification import format_table, verify, verify_pixels
 __all__ = ['resolve_data_dir', 'fit']
 
 HOLDOUT = 'holdout'  # the verification set of held-out training identities
+HOLDOUT_PAIRS = 600  # enough to rank epochs, verified in seconds
 
 
 def _describe_schedule(c):
@@ -176,7 +177,10 @@ def _train(c, ctx, kv, group, log):
     emb_size = _named_backbone_emb_size(c, log) if named else c.emb_size
     # The chapter: Dropout(0.4) when there are at most 20000 identities.
     use_dropout = c.dropout if c.dropout is not None else (
-        CHAPTER_DROPOUT if num_classes <= 20000 else 0.0)
+        CHAPTER_DROPOUT if num_classes <= 20000 and not named else 0.0)
+    if named and use_dropout:
+        raise ConfigError('--dropout applies to FaceResNet; %s has no dropout layer'
+                          % c.pretrained)
     margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b,
                              num_classes)
     # A backbone from InsightFace keeps the input normalisation it was trained with.
@@ -219,7 +223,10 @@ def _train(c, ctx, kv, group, log):
                              warmup_epochs=c.warmup_epochs, margin_warmup=c.margin_warmup,
                              margin_hold=c.margin_hold, freeze_epochs=c.freeze_epochs,
                              backbone_lr_mult=c.backbone_lr_mult)
-    options = dict(val_set=val_set, verify_every=c.verify_every, schedule=schedule,
+    # With held-out identities only they are verified during training (they choose the epoch);
+    # the verification targets are scored once, at the end.
+    during = {HOLDOUT: val_set[HOLDOUT]} if held else val_set
+    options = dict(val_set=during, verify_every=c.verify_every, schedule=schedule,
                    checkpoint_dir=os.path.join(c.output, 'checkpoints'), resume=c.resume,
                    progress=c.progress and is_master, log=log, is_master=is_master,
                    animator=False)
@@ -323,9 +330,10 @@ def _holdout_identities(c, num_classes):
 
 
 def _holdout_set(loader, image_size, seed):
-    """Verification pairs among the held-out identities' images."""
+    """Verification pairs among the held-out identities' images (at most HOLDOUT_PAIRS)."""
     held = loader.dataset_info['held_out']
-    pairs = sample_pairs(held, seed=0 if seed is None else seed)
+    same = sum(len(items) * (len(items) - 1) // 2 for items in held.values())
+    pairs = sample_pairs(held, min(HOLDOUT_PAIRS, 2 * same), seed=0 if seed is None else seed)
     items = [(held[a][i], held[b][j], same) for (a, i), (b, j), same in pairs]
     return load_pairs(loader.face_dataset, items, image_size)
 
