@@ -750,7 +750,7 @@ def _shapes_fit(sym, shapes, side):
     return all(tuple(inferred.get(k) or ()) == v for k, v in shapes.items() if k in inferred)
 
 
-def load_face_model(spec, ctx=None, epoch=None, input_range=None):
+def load_face_model(spec, ctx=None, epoch=None, input_range=None, geometry='default'):
     """Any face model the package can run, from one string -> ``(net, image_size, source)``.
 
     ``spec``: a run folder of scripts/train.py (its exported ``model/``), an exported model or
@@ -759,16 +759,19 @@ def load_face_model(spec, ctx=None, epoch=None, input_range=None):
     (N, 3, H, W) in [0, 1]) and returns raw embeddings; ``image_size`` is the (H, W) it
     expects. The model's pixel range is decided as :func:`load_embedding_net` does (ONNX: 0-255);
     ``input_range`` (1 or 255) overrides it. CheckpointError when the file is not a face model
-    (one 4-D input, embeddings out).
+    (one 4-D input, embeddings out). A named pretrained model (``model_zoo``) is also taken,
+    with its ``geometry`` (how a crop becomes its face: ``get_pretrained``).
     """
     _check_input_range(input_range)
     spec = os.fspath(spec)
     if spec.lower().endswith('.onnx'):
         net = load_onnx(spec, input_range=input_range)
         return net, net.image_size, spec
-    named = _named_model(spec, ctx, input_range)
+    named = _named_model(spec, ctx, input_range, geometry)
     if named:
         return named + (spec,)
+    if geometry != 'default':
+        raise ConfigError('%s: a geometry applies to a named pretrained model only' % spec)
     if ',' in spec and epoch is None and spec.rsplit(',', 1)[1].isdigit():
         spec, epoch = spec.rsplit(',', 1)
         epoch = int(epoch)
@@ -856,7 +859,7 @@ def faceresnet_from_model(spec, ctx=None, input_range=None):
     return net, tuple(info['image_size'])
 
 
-def _named_model(spec, ctx, input_range):
+def _named_model(spec, ctx, input_range, geometry='default'):
     """``(net, image_size)`` for a named pretrained model (``model_zoo``), or
     ``NAME@dlib`` (the same weights run by dlib itself, for reference); None for other specs."""
     from .model_zoo import PRETRAINED_MODELS, get_pretrained, is_pretrained
@@ -870,7 +873,8 @@ def _named_model(spec, ctx, input_range):
         from .dlib_resnet import DlibNative
         net = DlibNative(spec[:-len('@dlib')])
         return net, net.image_size
-    return get_pretrained(spec, ctx), tuple(PRETRAINED_MODELS[spec]['image_size'])
+    return (get_pretrained(spec, ctx, geometry=geometry),
+            tuple(PRETRAINED_MODELS[spec]['image_size']))
 
 
 def compare_onnx(net, path, image_size, num_images=8, seed=0):

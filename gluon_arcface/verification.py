@@ -465,7 +465,8 @@ def format_table(results, style='markdown'):
 
 
 def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=True, dtype=None,
-                 output=None, progress=True, baseline=False, input_range=None, align=None):
+                 output=None, progress=True, baseline=False, input_range=None, align=None,
+                 geometry='default'):
     """Verify a model on ``.bin`` sets as InsightFace's verification.py does -> ``{target:
     VerificationResult}``.
 
@@ -479,6 +480,7 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
     else InsightFace's 0-255). ``align='landmarks'``: re-align every image from its own
     landmarks (``detect.realign``, needs dlib) to the model's template first: dlib's 150x150
     chip for dlib-resnet-v1 (then run without its in-graph framing), ArcFace's otherwise.
+    ``geometry``: a named model's framing of the crops (``model_zoo.get_pretrained``).
     """
     from .binfile import load_bin
     from .fileio import write_json
@@ -488,7 +490,8 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
     if align not in (None, 'landmarks'):
         raise ValueError("align must be None or 'landmarks', got %r" % (align,))
     if isinstance(model, (str, os.PathLike)):
-        net, image_size, source = load_face_model(model, ctx, input_range=input_range)
+        net, image_size, source = load_face_model(model, ctx, input_range=input_range,
+                                                  geometry=geometry)
         if align:
             import functools
             from .detect import realign

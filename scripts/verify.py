@@ -48,6 +48,11 @@ def build_parser():
                    help='re-align every image from its own landmarks (dlib, needs the '
                         'pretrained extra) to the model\'s template: dlib\'s 150x150 chip for '
                         'dlib-resnet-v1, ArcFace\'s otherwise (default: images as they are)')
+    p.add_argument('--geometry', choices=('dlib-chip', 'resize', 'none'),
+                   help='how dlib-resnet-v1 frames a 112x112 crop: dlib-chip (ArcFace\'s '
+                        'landmark template mapped onto dlib\'s chip; for aligned crops), '
+                        'resize (stretched to 150x150) or none (run at 112x112) (default: '
+                        'dlib-chip)')
     p.add_argument('--output', help='folder for verification.json and roc.png')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     cli.add_threads_argument(p)
@@ -65,7 +70,9 @@ def main(argv=None):
         results = verify_model(args.model, targets, args.data_dir, as_contexts(args.ctx),
                                args.batch_size, args.flip, args.dtype, args.output,
                                progress=not args.no_progress, baseline=args.baseline,
-                               input_range=args.input_range, align=args.align)
+                               input_range=args.input_range, align=args.align,
+                               geometry={None: 'default', 'none': None}.get(
+                                   args.geometry, args.geometry))
         print(format_table(results, style='text'))
         if args.output:
             print('wrote %s/verification.json and %s/roc.png' % (args.output, args.output))

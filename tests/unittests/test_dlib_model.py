@@ -288,3 +288,20 @@ def test_recipe_finetune_runs_keeps_its_best_epoch_and_round_trips(tmp_path, syn
             assert getattr(again, key) == value, key
     net, size, _ = __import__('gluon_arcface').interop.load_face_model(str(tmp_path / 'run'))
     assert size == (32, 32) and net(mx.np.zeros((1, 3, 32, 32))).shape == (1, 128)
+
+
+def test_geometry_is_chosen_per_call_and_only_for_named_models(tmp_path):
+    from gluon_arcface.errors import ConfigError
+    from gluon_arcface.interop import load_face_model
+    x = mx.np.array(onp.random.RandomState(1).uniform(0, 1, (2, 3, 112, 112)).astype('float32'))
+    outs = {}
+    for geometry in ('dlib-chip', 'resize', None):
+        net, size, _ = load_face_model('dlib-resnet-v1', geometry=geometry)
+        assert net.geometry == geometry and size == (112, 112)
+        outs[geometry] = net(x).asnumpy()
+    assert onp.abs(outs['dlib-chip'] - outs['resize']).max() > 1e-3  # another framing
+    onp.testing.assert_allclose(outs[None], dlib_resnet.load_dlib_resnet(
+        model_zoo.pretrained_file('dlib-resnet-v1'), input_size=(112, 112))(x).asnumpy(),
+        atol=1e-6)
+    with pytest.raises(ConfigError, match='named pretrained model'):
+        load_face_model(str(tmp_path / 'model'), geometry='resize')
