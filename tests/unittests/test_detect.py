@@ -144,7 +144,8 @@ def test_align_puts_the_landmarks_on_the_template(astronaut):
 @pytest.fixture
 def photo_tree(tmp_path, astronaut):
     """Ann: a colour photo, a greyscale PNG, a photo without a face, one with two faces of
-    similar size; Bob: an RGBA PNG, a photo with a small second face, a file that is no image."""
+    similar size, a CMYK JPEG; Bob: an RGBA PNG, a photo with a small second face, a file that
+    is no image, a 16-bit PNG."""
     src = tmp_path / 'photos'
     (src / 'Ann').mkdir(parents=True)
     (src / 'Bob').mkdir()
@@ -155,11 +156,17 @@ def photo_tree(tmp_path, astronaut):
     write(src / 'Ann' / 'a3.jpg', pf.background('grass', (200, 260), onp.random.RandomState(0)))
     img, _ = frame_with([(astronaut, 100, (90, 120)), (astronaut, 90, (250, 120))])
     write(src / 'Ann' / 'a4.jpg', img)
+    img, _ = frame_with([(astronaut, 100, (140, 110))], seed=5, kind='chelsea')
+    PIL = pytest.importorskip('PIL.Image')
+    PIL.fromarray(img).convert('CMYK').save(str(src / 'Ann' / 'a5.jpg'))
     img, _ = frame_with([(astronaut, 120, (160, 120))], seed=4, kind='rocket')
     assert cv2.imwrite(str(src / 'Bob' / 'b1.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGRA))
     img, _ = frame_with([(astronaut, 130, (110, 125)), (astronaut, 70, (265, 110))])
     write(src / 'Bob' / 'b2.jpg', img)
     (src / 'Bob' / 'b3.jpg').write_bytes(b'not a photo')
+    img, _ = frame_with([(astronaut, 100, (170, 120))], seed=6, kind='grass')
+    assert cv2.imwrite(str(src / 'Bob' / 'b4.png'),
+                       cv2.cvtColor(img, cv2.COLOR_RGB2BGR).astype(onp.uint16) * 257)
     return src
 
 
@@ -180,18 +187,18 @@ def test_prepare_detect_end_to_end(photo_tree, tmp_path, capsys):
     assert 'does not decode' in by_name['b3.jpg']
     assert 'skipped 3 photos (no face: 1, not an image: 1, several faces of similar size: 1)' \
         in printed
-    assert 'detected (hog) and aligned 4 faces' in printed
+    assert 'detected (hog) and aligned 6 faces' in printed
     # Every kept photo is an aligned face: its own landmarks sit on the template.
     ds = gaf.FaceFolderDataset(str(out))
-    assert len(ds) == 4 and sorted(ds[i][1] for i in range(4)) == [0, 0, 1, 1]
-    for i in range(4):
+    assert len(ds) == 6 and sorted(ds[i][1] for i in range(6)) == [0, 0, 0, 1, 1, 1]
+    for i in range(6):
         crop = ds[i][0].asnumpy()
         assert crop.shape == (112, 112, 3)
         assert onp.abs(detect.crop_landmarks(crop) - ARCFACE_TEMPLATE).mean() < 6
     # --detect-policy skip also skips the photo with a small second face.
     summary = prepare.prepare_dataset(photo_tree, tmp_path / 'one', detect='hog',
                                       detect_policy='skip', progress=False)
-    assert summary['images'] == 3 and len(summary['skipped']) == 4
+    assert summary['images'] == 5 and len(summary['skipped']) == 4
     assert any('--detect-policy skip' in r for _, r in summary['skipped'])
 
 
