@@ -105,10 +105,9 @@ RECIPES = {
     # A pretrained face model adapted to tens of people (README: "Starting from a pretrained
     # face model"): a new head learns first on the fixed network, then both at a low rate;
     # the best epoch is chosen on held-out training identities.
-    'finetune': dict(pretrained='dlib-resnet-v1', batch_size=64, lr=0.1, momentum=0.9,
+    'finetune': dict(pretrained='dlib-resnet-v1', batch_size=64, momentum=0.9,
                      lr_schedule='cosine', freeze_epochs=1.0, backbone_lr_mult=0.001,
-                     margin_s='auto', epochs=8, max_samples=16000, holdout=0.2,
-                     verify_every=1),
+                     margin_s='auto', epochs=8, max_samples=16000, holdout=0.2),
 }
 
 

@@ -39,7 +39,7 @@ def test_help_lists_the_chapter_defaults():
     assert 'faces-casia-ultrasmall' in text and 'lfw_small' in text
     for default in ('(default: 512;', '(default: 0.1)', '(default: 0.0005)', '(default: 64.0;'):
         assert default in text, default
-    assert '(default: 512; small-data: 64)' in text
+    assert '(default: 512; small-data: 64; finetune: 64)' in text
 
 
 def test_cli_end_to_end(tiny_synthetic, tmp_path):
