@@ -56,7 +56,8 @@ _EXPORTS = {
     'model_zoo': ['get_pretrained', 'PRETRAINED_MODELS'],
     'dlib_resnet': ['DlibResNet', 'load_dlib_resnet', 'export_dlib_onnx'],
     'dlib_dat': ['read_dat', 'DatError'],
-    'detect': ['detect_faces', 'crop_landmarks', 'realign', 'Face', 'find_face', 'NoFaceError'],
+    'detect': ['detect_faces', 'crop_landmarks', 'realign', 'align_photo', 'Face', 'find_face',
+               'NoFaceError'],
     'threads': ['configure_threads', 'thread_info'],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

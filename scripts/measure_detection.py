@@ -72,7 +72,7 @@ def run_verification(args):
     import numpy as np
     from gluon_arcface import pasted_faces as pf
     from gluon_arcface.binfile import read_bin
-    from gluon_arcface.detect import NoFaceError, align, find_face
+    from gluon_arcface.detect import NoFaceError, align_photo, find_face
     from gluon_arcface.images import decode_image
     from gluon_arcface.inference import FaceEmbedder
     from gluon_arcface.verification import evaluate_embeddings
@@ -92,7 +92,7 @@ def run_verification(args):
         except NoFaceError:
             face, ok = None, False
         found.append(ok)
-        aligned.append(align(frame.image, face) if ok else None)
+        aligned.append(align_photo(frame.image, face) if ok else None)
     seconds = (time.perf_counter() - start) / len(frames)
     found = np.array(found)
     both = found[0::2] & found[1::2]

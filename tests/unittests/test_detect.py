@@ -126,17 +126,17 @@ def test_pick_face_ignores_weak_detections():
 def test_align_puts_the_landmarks_on_the_template(astronaut):
     img, (truth,) = frame_with([(astronaut, 120, (150, 125))], angle=8.0)
     face = detect.find_face(img)
-    crop = gaf.align(img, face)
+    crop = gaf.align_photo(img, face)
     assert crop.shape == (112, 112, 3) and crop.dtype == onp.uint8
-    onp.testing.assert_array_equal(crop, detect.align(img, face.landmarks))
+    onp.testing.assert_array_equal(crop, detect.align_photo(img, face.landmarks))
     # The crop's own landmarks land within a few pixels of the template (the astronaut's face
     # is 5 px from it on average: a face is not the template).
     found = detect.crop_landmarks(crop)
     assert onp.abs(found - ARCFACE_TEMPLATE).mean() < 6
-    assert gaf.align(img, face, (64, 64)).shape == (64, 64, 3)
-    assert detect.align(img, face, template='dlib-chip').shape == (150, 150, 3)
+    assert gaf.align_photo(img, face, (64, 64)).shape == (64, 64, 3)
+    assert detect.align_photo(img, face, template='dlib-chip').shape == (150, 150, 3)
     with pytest.raises(ValueError, match='needs a Face'):
-        detect.align(img, face.landmarks, template='dlib-chip')
+        detect.align_photo(img, face.landmarks, template='dlib-chip')
 
 
 # ----------------------------------------------------------------------------- prepare --detect
