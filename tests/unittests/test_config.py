@@ -104,9 +104,13 @@ def test_bad_values_are_config_errors():
 
 def test_help_lists_the_recipe_values_beside_the_defaults():
     text = ' '.join(build_parser().format_help().split())
-    for key, value in RECIPES['small-data'].items():
-        shown = ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
-        assert 'small-data: %s' % shown in text, key
+    for name in ('small-data', 'finetune'):
+        for key, value in RECIPES[name].items():
+            shown = ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
+            assert '%s: %s' % (name, shown) in text, (name, key)
     table = config.recipe_table()
-    assert table.startswith('| setting | chapter | small-data |')
-    assert len(table.strip().splitlines()) == 2 + len(RECIPES['small-data'])
+    assert table.startswith('| setting | chapter | small-data | finetune |')
+    changed = set(RECIPES['small-data']) | set(RECIPES['finetune'])
+    assert len(table.strip().splitlines()) == 2 + len(changed)
+    one = config.recipe_table(['small-data'])
+    assert len(one.strip().splitlines()) == 2 + len(RECIPES['small-data'])
