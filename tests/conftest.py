@@ -1,4 +1,5 @@
-"""Shared fixtures: fixed seeds for every test; a tiny RecordIO dataset."""
+"""Shared fixtures: fixed seeds and a package home of the session for every test; a tiny
+RecordIO dataset."""
 import random
 
 import cv2
@@ -10,6 +11,19 @@ import mxnet as mx
 from mxnet import npx
 
 npx.set_np()  # as the chapter does (the package's modules also do when they load)
+
+
+@pytest.fixture(scope='session')
+def _package_home(tmp_path_factory):
+    return tmp_path_factory.mktemp('gluon_arcface_home')
+
+
+@pytest.fixture(autouse=True)
+def package_home(_package_home, monkeypatch):
+    """Generated datasets and converted models go to a folder of the test session, never to
+    the user's ``~/.gluon_arcface`` (a test may point GLUON_ARCFACE_HOME elsewhere)."""
+    monkeypatch.setenv('GLUON_ARCFACE_HOME', str(_package_home))
+    return _package_home
 
 
 @pytest.fixture(autouse=True)

@@ -27,14 +27,6 @@ def dat_path():
     return model_zoo.pretrained_file('dlib-resnet-v1')
 
 
-@pytest.fixture(autouse=True)
-def models_home(tmp_path_factory, monkeypatch):
-    """Converted weights go to a test folder, never to the user's home."""
-    home = tmp_path_factory.getbasetemp() / 'gluon_arcface_home'
-    monkeypatch.setenv('GLUON_ARCFACE_HOME', str(home))
-    return home
-
-
 def _detector_chips(img, paddings=(0.25,)):
     """dlib's own 150x150 chips of the largest face in an RGB photo (HOG + 5 landmarks)."""
     from gluon_arcface.detect import _model
