@@ -181,6 +181,9 @@ def _train(c, ctx, kv, group, log):
     if named and use_dropout:
         raise ConfigError('--dropout applies to FaceResNet; %s has no dropout layer'
                           % c.pretrained)
+    if named and c.amp:
+        raise ConfigError('--amp runs a FaceResNet backbone in low precision; %s computes in '
+                          'float32' % c.pretrained)
     margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b,
                              num_classes)
     # A backbone from InsightFace keeps the input normalisation it was trained with.
