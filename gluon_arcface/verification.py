@@ -498,8 +498,9 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
             from .model_zoo import get_pretrained, is_pretrained
             chip = is_pretrained(str(model)) or str(model).endswith('@dlib')
             if is_pretrained(str(model)):  # the chip replaces the in-graph framing
-                net, image_size = get_pretrained(model, ctx, (150, 150), geometry=None), \
-                    (150, 150)
+                from .dlib_resnet import DLIB_CHIP_SIZE
+                image_size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)
+                net = get_pretrained(model, ctx, image_size, geometry=None)
             prepare = functools.partial(realign, template='dlib-chip' if chip else 'arcface',
                                         image_size=image_size)
     elif input_range is not None:
