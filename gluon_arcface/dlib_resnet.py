@@ -19,7 +19,6 @@ sits where dlib's own alignment puts it; ``None`` runs the network on the input 
 converted parameters under ``$GLUON_ARCFACE_HOME/models/`` keyed by the file's SHA-1, and
 returns the block; :func:`export_dlib_onnx` writes it as an ONNX model.
 """
-import hashlib
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ from .align import ARCFACE_TEMPLATE
 from .dlib_dat import read_dat
 from .errors import CheckpointError
 from .fileio import atomic_write
+from .model import _blocks
 
 __all__ = ['DLIB_MEAN_RGB', 'DLIB_CHIP_SIZE', 'DLIB_CHIP_TEMPLATE', 'GEOMETRIES',
            'dlib_architecture', 'DlibResNet', 'geometry_map', 'load_dlib_resnet',
@@ -274,19 +274,12 @@ def models_home():
     return os.path.join(os.path.expanduser(home or '~/.gluon_arcface'), 'models')
 
 
-def _sha1(path):
-    digest = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_dat(path, cache_dir=None):
     """Convert a dlib .dat to MXNet parameters once: ``cache_dir/dlib-resnet-v1-SHA1.params``
     (written atomically; later calls load it). Returns the .params path."""
+    from .hub import file_sha1
     cache_dir = cache_dir or models_home()
-    target = os.path.join(cache_dir, 'dlib-resnet-v1-%s.params' % _sha1(path)[:16])
+    target = os.path.join(cache_dir, 'dlib-resnet-v1-%s.params' % file_sha1(path)[:16])
     if os.path.isfile(target):
         return target
     arrays, mean = _arrays_from_dat(path)
@@ -312,13 +305,9 @@ def load_dlib_resnet(path, ctx=None, cache_dir=None, **settings):
 
 def find_dlib_resnet(net):
     """The DlibResNet in ``net`` (itself, or a TrainBlock's / TestBlock's backbone), or None."""
-    if isinstance(net, DlibResNet):
-        return net
-    for child in getattr(net, '_children', {}).values():
-        found = find_dlib_resnet(child)
-        if found is not None:
-            return found
-    return None
+    if not hasattr(net, '_children'):
+        return None
+    return next((b for b in _blocks(net) if isinstance(b, DlibResNet)), None)
 
 
 def _structural(name):

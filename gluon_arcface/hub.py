@@ -81,7 +81,8 @@ def _offline_hint(name):
     return ''
 
 
-def _sha1(path):
+def file_sha1(path):
+    """The SHA-1 hex digest of a file, read in chunks."""
     h = hashlib.sha1()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(CHUNK_SIZE), b''):
@@ -112,7 +113,7 @@ def download(name, cache_dir=None):
     os.makedirs(cache_dir, exist_ok=True)
     fname = os.path.join(cache_dir, url.split('/')[-1])
     if os.path.isfile(fname):
-        if _sha1(fname) == sha1:
+        if file_sha1(fname) == sha1:
             return fname
         os.remove(fname)  # stale or corrupt: the final name must only ever hold a verified file
     print(f'Downloading {fname} from {url}...', file=sys.stderr)
