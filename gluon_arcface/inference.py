@@ -64,13 +64,7 @@ def embed_images(images, net, ctx=None, image_size=(112, 112), batch_size=64, fl
 
 def embed_files(paths, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
     """Embed image files (aligned face crops) -> L2-normalised float32 (N, emb_size)."""
-    images = []
-    for path in paths:
-        try:
-            with open(path, 'rb') as f:
-                images.append(decode_image(f.read(), path))
-        except FileNotFoundError:
-            raise FaceDataError(path, 'image file not found') from None
+    images = [load_photo(path) for path in paths]
     return embed_images(images, net, ctx, image_size, batch_size, flip)
 
 
@@ -87,12 +81,8 @@ def compare_faces(img_a, img_b, net, threshold, ctx=None, image_size=(112, 112))
     ``threshold`` is a cosine similarity, e.g. ``VerificationResult.cos_threshold`` from a
     verification run of the same network. Images are RGB uint8 arrays or file paths.
     """
-    loaded = []
-    for img in (img_a, img_b):
-        if isinstance(img, (str, os.PathLike)):
-            with open(img, 'rb') as f:
-                img = decode_image(f.read(), img)
-        loaded.append(img)
+    loaded = [load_photo(img) if isinstance(img, (str, os.PathLike)) else img
+              for img in (img_a, img_b)]
     emb = embed_images(loaded, net, ctx, image_size)
     sim = float(np.dot(emb[0], emb[1]))
     return sim, sim > threshold
