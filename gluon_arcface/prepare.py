@@ -14,6 +14,7 @@ Outputs are built in a hidden sibling folder and renamed into place only when co
 """
 import bisect
 import collections
+import contextlib
 import os
 import random
 import re
@@ -36,7 +37,7 @@ from .recordio import FaceRecWriter, build_index, scan_records
 
 __all__ = ['prepare_dataset', 'bin_from_pairs', 'sample_pairs', 'read_landmarks', 'read_pairs',
            'scan_identities', 'check_dataset', 'rebuild_index', 'format_summary',
-           'format_check_report', 'FORMATS', 'DEFAULT_MAX_PAIRS']
+           'format_check_report', 'encoding_workers', 'FORMATS', 'DEFAULT_MAX_PAIRS']
 
 FORMATS = ('rec', 'folders')
 #: Same (and as many different) pairs sampled at most when ``num_pairs`` is None (LFW has 3000).
@@ -215,8 +216,10 @@ class _FaceEncoder:
         self.resized = self.aligned = 0
         self.used_landmarks = set()
 
-    def __call__(self, path, rel):
-        """Encoded JPEG bytes of the image file ``path`` (``rel``: key in the landmarks)."""
+    def encode(self, path, rel):
+        """``(jpeg_bytes, how)`` for the image file ``path`` (``rel``: key in the landmarks);
+        ``how`` is 'aligned', 'resized' or None (kept as it was). Pure: runs in worker processes.
+        """
         pts = None
         if self.landmarks is not None:
             pts = self.landmarks.get(_rel_key(rel))
@@ -226,23 +229,84 @@ class _FaceEncoder:
         with open(path, 'rb') as f:
             img = decode_image(f.read(), path)
         height, width = self.image_size
+        how = None
         if self.detect is not None:
             from .detect import align_photo, find_face
             img = align_photo(img, find_face(img, self.detect, self.detect_policy, path),
                               self.image_size)
-            self.aligned += 1
+            how = 'aligned'
         elif pts is not None:
             img = align_face(img, pts, self.image_size)
-            self.aligned += 1
-            self.used_landmarks.add(_rel_key(rel))
+            how = 'aligned'
         elif img.shape[:2] != (height, width):
             img = resize_face(img, (height, width))
-            self.resized += 1
+            how = 'resized'
         ok, buf = cv2.imencode('.jpg', cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                [int(cv2.IMWRITE_JPEG_QUALITY), self.jpeg_quality])
         if not ok:
             raise FaceDataError(path, 'OpenCV could not encode the image as JPEG')
-        return buf.tobytes()
+        return buf.tobytes(), how
+
+    def count(self, how, rel):
+        """Record what :meth:`encode` did to ``rel``."""
+        if how == 'aligned':
+            self.aligned += 1
+            if self.landmarks is not None:
+                self.used_landmarks.add(_rel_key(rel))
+        elif how == 'resized':
+            self.resized += 1
+
+    def __call__(self, path, rel):
+        """Encoded JPEG bytes of the image file ``path``, counted."""
+        buf, how = self.encode(path, rel)
+        self.count(how, rel)
+        return buf
+
+
+_worker_encoder = None
+
+
+def _start_worker(encoder):
+    global _worker_encoder
+    _worker_encoder = encoder
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def _encode_or_error(task):
+    """``((bytes, how), None)`` or ``(None, FaceDataError)``: errors travel back in order."""
+    try:
+        return _worker_encoder.encode(*task), None
+    except FaceDataError as e:
+        return None, e
+
+
+def encoding_workers(workers=None, num_photos=None):
+    """Processes that decode/detect/encode photos: ``workers`` if given, else one per physical
+    core (at most 8: each process holds its own detector models), 1 for fewer than 64 photos."""
+    if workers is not None:
+        if int(workers) < 1:
+            raise ValueError('workers must be at least 1, got %r' % (workers,))
+        return int(workers)
+    if num_photos is not None and num_photos < 64:
+        return 1
+    from .threads import physical_cores
+    return max(1, min(8, physical_cores()))
+
+
+def _encoded_in_order(encoder, tasks, workers):
+    """Yield ``_encode_or_error`` of each ``(path, rel)`` task, in order, over ``workers``
+    processes (spawned: MXNet's and dlib's threads do not survive a fork)."""
+    global _worker_encoder
+    if workers <= 1 or len(tasks) <= 1:
+        _worker_encoder = encoder
+        for task in tasks:
+            yield _encode_or_error(task)
+        return
+    import multiprocessing
+    with multiprocessing.get_context('spawn').Pool(
+            workers, initializer=_start_worker, initargs=(encoder,)) as pool:
+        for result in pool.imap(_encode_or_error, tasks, chunksize=4):
+            yield result
 
 
 def _bar(total, desc, progress):
@@ -412,7 +476,7 @@ def _check_val_name(val_name):
 def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, landmarks=None,
                     holdout=0, val_name='val', num_pairs=None, min_images=1, jpeg_quality=95,
                     seed=0, skip_bad=False, overwrite=False, progress=True, detect=None,
-                    detect_policy='largest'):
+                    detect_policy='largest', workers=None):
     """Convert per-person photo folders into a training dataset folder ``out_dir``.
 
     ``src_dir`` holds one folder per person (any names); class ids 0..K-1 follow the sorted
@@ -436,6 +500,9 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
     'largest'``), or only photos with exactly one face (``'skip'``). Photos without a face to
     keep, and photos that do not decode, are skipped, never guessed at; they are listed
     (``path<TAB>reason``) in ``out_dir/skipped.tsv`` and in the summary.
+
+    Photos are decoded, detected and encoded in ``workers`` processes (see
+    :func:`encoding_workers`); the output does not depend on their number.
 
     An undecodable photo raises ``FaceDataError`` naming it, or with ``skip_bad`` is skipped
     (as is a photo missing from the landmarks). ``out_dir`` must not exist or be empty (with
@@ -489,9 +556,13 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
 
     skipped, held_images = [], collections.OrderedDict()
     identities = []  # (class id, name, count)
+    tasks = [(os.path.join(src_dir, name, fname), name + '/' + fname)
+             for name, files in people for fname in files]
+    workers = encoding_workers(workers, len(tasks))
     with _StagingDir(out_dir, overwrite) as stage, \
             _bar(sum(len(f) for _, f in people), 'prepare %s' % os.path.basename(out_dir),
-                 progress) as bar:
+                 progress) as bar, \
+            contextlib.closing(_encoded_in_order(encoder, tasks, workers)) as results:
         # Images stream into the .rec as they are encoded (only held-out ones stay in memory).
         rec = (FaceRecWriter(os.path.join(stage.path, 'train.rec'))
                if 'rec' in formats else None)
@@ -499,12 +570,14 @@ def prepare_dataset(src_dir, out_dir, image_size=(112, 112), formats=FORMATS, la
             encoded = []
             for fname in files:
                 path = os.path.join(src_dir, name, fname)
-                try:
-                    encoded.append((fname, encoder(path, name + '/' + fname)))
-                except FaceDataError as e:
-                    if not skip_bad or not _skippable(e):
-                        raise
-                    skipped.append((path, e.reason))
+                done, err = next(results)
+                if err is not None:
+                    if not skip_bad or not _skippable(err):
+                        raise err
+                    skipped.append((path, err.reason))
+                else:
+                    encoder.count(done[1], name + '/' + fname)
+                    encoded.append((fname, done[0]))
                 bar.update()
             if name in held:
                 held_images[name] = [buf for _, buf in encoded]

@@ -72,6 +72,9 @@ def build_parser():
                    help='photos with several faces: largest keeps the largest unless another '
                         'is of similar size (box area >= half of it: skipped); skip keeps only '
                         'photos with one face (default: largest)')
+    p.add_argument('--workers', type=int, metavar='N',
+                   help='processes that decode, detect and encode photos (default: one per '
+                        'physical core, at most 8; 1 for fewer than 64 photos)')
 
     p = sub.add_parser('pairs', help='verification .bin from an LFW-style pairs.txt',
                        description='First line "N" or "folds<TAB>N"; then "name<TAB>i<TAB>j" '
@@ -110,7 +113,7 @@ def run(args):
             num_pairs=args.num_pairs, min_images=args.min_images,
             jpeg_quality=args.jpeg_quality, seed=args.seed, skip_bad=args.skip_bad,
             overwrite=args.overwrite, progress=not args.no_progress, detect=args.detect,
-            detect_policy=args.detect_policy)
+            detect_policy=args.detect_policy, workers=args.workers)
         print(prepare.format_summary(summary))
     elif args.command == 'pairs':
         summary = prepare.bin_from_pairs(

@@ -202,6 +202,22 @@ def test_prepare_detect_end_to_end(photo_tree, tmp_path, capsys):
     assert any('--detect-policy skip' in r for _, r in summary['skipped'])
 
 
+def test_detect_in_worker_processes_gives_the_same_dataset(photo_tree, tmp_path):
+    one = prepare.prepare_dataset(photo_tree, tmp_path / 'one', detect='hog', workers=1,
+                                  progress=False)
+    two = prepare.prepare_dataset(photo_tree, tmp_path / 'two', detect='hog', workers=2,
+                                  progress=False)
+    for key in ('images', 'aligned', 'skipped', 'identities'):
+        assert one[key] == two[key], key
+    assert one['aligned'] == 6
+    for name in ('train.rec', 'train.idx', 'skipped.tsv', 'identities.tsv', 'property'):
+        assert (tmp_path / 'one' / name).read_bytes() == (tmp_path / 'two' / name).read_bytes()
+    assert prepare.encoding_workers(None, 10) == 1
+    assert 1 <= prepare.encoding_workers(None, 1000) <= 8
+    with pytest.raises(ValueError, match='workers'):
+        prepare.encoding_workers(0)
+
+
 def test_interrupted_detect_run_leaves_nothing(photo_tree, tmp_path, monkeypatch):
     calls = []
     real = detect.find_face
