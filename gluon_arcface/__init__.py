@@ -4,16 +4,23 @@
 TrainBlock, TestBlock, read_facerec_meta, load_data_face_rec, train_ch_facerec, test_face_11,
 ...) and switches MXNet to NumPy semantics (``npx.set_np()``), as the chapter does.
 
-Importing the package first applies the thread policy (:mod:`gluon_arcface.threads`: one
+Importing the package first applies the thread policy (:mod:`gluon_arcface.runtime.threads`: one
 compute thread per physical core, unless ``OMP_NUM_THREADS`` says otherwise) and lets oneDNN
 use AMX where the CPU has it, which must happen before MXNet loads; MXNet and the modules that
 use it load at the first use of a name below, so that a script can still pass its ``--threads``
-to ``gaf.configure_threads`` after parsing its arguments. The README's "Layout" section says
-which module does what.
+to ``gaf.configure_threads`` after parsing its arguments.
+
+The code is in subpackages by stage, each importing only from those before it: ``runtime``
+(errors, files, threads, devices, command lines), ``data`` (formats, datasets, the hub,
+preparing photos, detection), ``nn`` (the networks and heads), ``models`` (checkpoints,
+exports, InsightFace, ONNX, pretrained models, and the one resolver of what a user names as a
+model), ``eval`` (verification, inference, plots) and ``train`` (settings, the training loop,
+recipes, several devices and machines). docs/architecture.md lists every module with its job.
+``gaf.<module>`` (e.g. ``gaf.recordio``) is each module under its short name.
 """
 import importlib
 
-from . import threads as _threads
+from .runtime import threads as _threads
 
 _threads.configure_threads()
 _threads.enable_amx()  # oneDNN may use AMX for bfloat16 (before MXNet's first operation)
@@ -38,7 +45,8 @@ _EXPORTS = {
     'hub': ['DATA_HUB', 'GENERATED', 'download', 'download_extract', 'get_data_home'],
     'align': ['ARCFACE_TEMPLATE', 'align_face', 'estimate_similarity'],
     'prepare': ['prepare_dataset', 'bin_from_pairs', 'sample_pairs', 'check_dataset'],
-    'verification': ['VerificationResult', 'compute_embeddings', 'test_face_11', 'verify',
+    'embed': ['compute_embeddings', 'l2_normalize'],
+    'verification': ['VerificationResult', 'test_face_11', 'verify',
                      'evaluate_embeddings', 'format_table', 'verify_pixels'],
     'checkpoint': ['save_checkpoint', 'load_checkpoint', 'latest_checkpoint'],
     'training': ['train_ch_facerec', 'lr_at_epoch', 'make_test_net', 'sync_aux_states',
@@ -54,6 +62,8 @@ _EXPORTS = {
                 'faceresnet_from_insightface', 'PixelRange'],
     'plotting': ['plot_history', 'plot_face_grid', 'plot_roc'],
     'model_zoo': ['get_pretrained', 'PRETRAINED_MODELS'],
+    'resolve': ['ModelSource', 'resolve_model', 'load_face_model'],
+    'pretrained': ['load_backbone', 'faceresnet_from_model'],
     'dlib_resnet': ['DlibResNet', 'load_dlib_resnet', 'export_dlib_onnx'],
     'dlib_dat': ['read_dat', 'DatError'],
     'detect': ['detect_faces', 'crop_landmarks', 'realign', 'align_photo', 'Face', 'find_face',
@@ -61,20 +71,29 @@ _EXPORTS = {
     'threads': ['configure_threads', 'thread_info'],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-_MODULES = ('align', 'augment', 'benchmark', 'binfile', 'checkpoint', 'cli', 'config', 'datasets',
-            'detect', 'devices', 'distributed', 'dlib_dat', 'dlib_resnet', 'errors', 'fileio',
-            'hub', 'images', 'inference', 'interop', 'launcher', 'margin', 'model', 'model_zoo',
-            'parallel', 'pasted_faces', 'plotting', 'prepare', 'pretrained', 'recipe', 'recordio',
-            'schedules', 'synthetic', 'threads', 'training', 'verification')
+# The modules by stage (subpackage); gaf.<module> is gluon_arcface.<stage>.<module>.
+_STAGES = {
+    'runtime': ('cli', 'devices', 'errors', 'fileio', 'threads'),
+    'data': ('align', 'augment', 'binfile', 'datasets', 'detect', 'hub', 'images',
+             'pasted_faces', 'prepare', 'recordio', 'synthetic'),
+    'nn': ('dlib_dat', 'dlib_resnet', 'embed', 'margin', 'model', 'precision'),
+    'models': ('checkpoint', 'interop', 'model_zoo', 'pretrained', 'resolve'),
+    'eval': ('inference', 'plotting', 'verification'),
+    'train': ('benchmark', 'config', 'distributed', 'launcher', 'parallel', 'recipe',
+              'schedules', 'training'),
+}
+_MODULES = {module: stage for stage, modules in _STAGES.items() for module in modules}
 
 __all__ = sorted(_WHERE)
 
 
 def __getattr__(name):
     if name in _WHERE:
-        value = getattr(importlib.import_module('.' + _WHERE[name], __name__), name)
+        module = _WHERE[name]
+        value = getattr(importlib.import_module('.%s.%s' % (_MODULES[module], module),
+                                                __name__), name)
     elif name in _MODULES:
-        value = importlib.import_module('.' + name, __name__)
+        value = importlib.import_module('.%s.%s' % (_MODULES[name], name), __name__)
     else:
         raise AttributeError('module %r has no attribute %r' % (__name__, name))
     globals()[name] = value

@@ -5,7 +5,7 @@ and the peak memory of a training step.
 Training: the plain blocks imperative and hybridized, the package's default training path
 (what train_ch_facerec does with a TrainBlock) and the same with --amp (bfloat16); inference:
 the plain imperative forward, the hybridized blocks and the fast path
-(gluon_arcface.model.inference_net), in float32 and bfloat16; the loader: load_data_face_rec on
+(gluon_arcface.nn.model.inference_net), in float32 and bfloat16; the loader: load_data_face_rec on
 a RecordIO set of JPEGs (generated unless --data-dir is given), with the chapter's flip and with
 the standard augmentation. When PyTorch is installed, the same network is timed there too (NCHW,
 channels_last, and channels_last under bfloat16 autocast), in the same process with the timing
@@ -100,7 +100,7 @@ def main(argv=None):
                                      + [shlex.quote(a) for a in given])
         print(benchmark.format_report(result))
         if args.json:
-            from gluon_arcface.fileio import write_json
+            from gluon_arcface.runtime.fileio import write_json
             write_json(args.json, result)
     return cli.main_guard(run)
 

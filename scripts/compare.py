@@ -4,7 +4,7 @@ where HOG finds none), aligns it to the ArcFace template, embeds both with the m
 their cosine similarity and "same person" / "different people" against the threshold.
 
 The threshold is --threshold when given, else the model's (its model.json's cos_threshold;
-for dlib-resnet-v1 the one measured in the README, "From your photos to a dataset"). Exit
+for dlib-resnet-v1 the one measured in docs/own_photos.md). Exit
 status 1, with one line naming the photo, when a photo has no face (or several of similar size)
 or is not an image.
 """
@@ -39,9 +39,9 @@ def main(argv=None):
 
     def run():
         import cv2
-        from gluon_arcface.devices import as_contexts
-        from gluon_arcface.errors import ConfigError
-        from gluon_arcface.inference import FaceEmbedder, compare_photos, load_photo
+        from gluon_arcface.runtime.devices import as_contexts
+        from gluon_arcface.runtime.errors import ConfigError
+        from gluon_arcface.eval.inference import FaceEmbedder, compare_photos, load_photo
         # Decode the photos before loading a model: a file that is no image fails at once.
         photos = [load_photo(p) for p in (args.photo_a, args.photo_b)]
         ctx = as_contexts(args.ctx)[:1] if args.ctx else None

@@ -5,7 +5,7 @@ MXNet symbol + params.
 --model takes a run folder of scripts/train.py, an exported model (PREFIX or
 PREFIX-symbol.json) or an InsightFace IR-ResNet MXNet checkpoint (PREFIX,EPOCH). The ONNX model
 takes RGB float32 (N, 3, H, W) with pixel values 0-255 and returns the (not normalised)
-embedding; see the README's "Deploying a model".
+embedding; see docs/deploying.md.
 
 An InsightFace checkpoint's pixel normalisation is read from its graph (subtract / multiply
 after data, through identity and Cast nodes; a bn_data BatchNorm with equal statistics in every
@@ -49,10 +49,10 @@ def main(argv=None):
 
     def run():
         import os
+        import gluon_arcface as gaf
         from gluon_arcface import interop
         cli.get_logger()  # shows the pixel range chosen for an InsightFace model, and why
-        net, image_size = interop.faceresnet_from_model(args.model,
-                                                        input_range=args.input_range)
+        net, image_size = gaf.faceresnet_from_model(args.model, input_range=args.input_range)
         if args.onnx:
             interop.export_onnx(net, args.onnx, image_size)
             print('wrote %s (input: RGB 0-255, %dx%d)' % ((args.onnx,) + tuple(image_size)))

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Measure face detection and 5-point alignment on faces pasted into larger frames
-(gluon_arcface.pasted_faces), the figures of the README's "From your photos to a dataset".
+(gluon_arcface.data.pasted_faces), the figures of docs/own_photos.md.
 
   pasted        faces (skimage's astronaut, or the crops of a .bin) pasted at known positions,
                 sizes (--widths) and rotations into backgrounds: detection rate, alignment error
@@ -71,11 +71,11 @@ def run_pasted(args):
 def run_verification(args):
     import numpy as np
     from gluon_arcface import pasted_faces as pf
-    from gluon_arcface.binfile import read_bin
-    from gluon_arcface.detect import NoFaceError, align_photo, find_face
-    from gluon_arcface.images import decode_image
-    from gluon_arcface.inference import FaceEmbedder
-    from gluon_arcface.verification import evaluate_embeddings
+    from gluon_arcface.data.binfile import read_bin
+    from gluon_arcface.data.detect import NoFaceError, align_photo, find_face
+    from gluon_arcface.data.images import decode_image
+    from gluon_arcface.eval.inference import FaceEmbedder
+    from gluon_arcface.eval.verification import evaluate_embeddings
     bins, issame = read_bin(args.bin)
     n = min(args.pairs, len(issame))
     crops = [decode_image(b, args.bin, record=i) for i, b in enumerate(bins[:2 * n])]

@@ -4,7 +4,7 @@
 Defaults are the chapter's: FaceResNet-18, 256-d embedding, SGD lr 0.1, wd 5e-4, batch 512,
 5 epochs on faces-casia-ultrasmall, verified on lfw_small. Offline, use
 --dataset faces-synthetic --val-targets synthetic_val, or your own data with --data-dir.
---recipe names a set of values for the settings not given (see the README).
+--recipe names a set of values for the settings not given (docs/own_photos.md, docs/pretrained.md).
 """
 import sys
 

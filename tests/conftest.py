@@ -38,7 +38,7 @@ def fixed_seeds():
 def synthetic_faces(tmp_path_factory):
     """``make(identities, images, heldout, pairs, size, seed=0)``: a new faces-synthetic
     folder of those sizes (make_faces_synthetic), e.g. for a run of scripts/train.py."""
-    from gluon_arcface.synthetic import make_faces_synthetic
+    from gluon_arcface.data.synthetic import make_faces_synthetic
 
     def make(identities, images, heldout, pairs, size, seed=0):
         root = tmp_path_factory.mktemp('faces-%d-%d-%d' % (identities, images, size))

@@ -13,8 +13,8 @@ from mxnet import np as mnp
 import gluon_arcface as gaf
 from gluon_arcface import checkpoint as ckpt
 from gluon_arcface import parallel, precision
-from gluon_arcface.model import compute_dtype_of, set_compute_dtype
-from gluon_arcface.synthetic import SYNTHETIC_VAL
+from gluon_arcface.nn.model import compute_dtype_of, set_compute_dtype
+from gluon_arcface.data.synthetic import SYNTHETIC_VAL
 
 CTX2 = [mx.cpu(0), mx.cpu(1)]
 

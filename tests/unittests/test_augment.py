@@ -6,10 +6,10 @@ import random
 import numpy as onp
 import pytest
 
-from gluon_arcface.augment import (AUGMENT_PRESETS, PROBABILITIES, AugmentSettings,
+from gluon_arcface.data.augment import (AUGMENT_PRESETS, PROBABILITIES, AugmentSettings,
                                    FaceAugment, augment_settings)
-from gluon_arcface.datasets import FaceTrainTransform
-from gluon_arcface.images import resize_face
+from gluon_arcface.data.datasets import FaceTrainTransform
+from gluon_arcface.data.images import resize_face
 
 
 def faces(n=6, size=32, seed=0):

@@ -11,7 +11,7 @@ import mxnet as mx
 from mxnet import gluon
 
 import gluon_arcface as gaf
-from gluon_arcface.synthetic import SYNTHETIC_VAL, make_faces_synthetic
+from gluon_arcface.data.synthetic import SYNTHETIC_VAL, make_faces_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, 'scripts', 'train.py')
@@ -163,7 +163,7 @@ def test_unexpected_failure_is_one_line_and_the_traceback_is_kept(tiny_synthetic
     code = '\n'.join([
         'import runpy, sys',
         'import mxnet as mx',
-        'import gluon_arcface.training as t',
+        'import gluon_arcface.train.training as t',
         'real, calls = t.data_parallel_step, []',
         'def failing(*args, **kwargs):',
         '    calls.append(1)',

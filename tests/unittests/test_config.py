@@ -7,8 +7,8 @@ import json
 import pytest
 
 from gluon_arcface import config
-from gluon_arcface.config import RECIPES, TrainConfig, build_parser, config_from_args
-from gluon_arcface.errors import ConfigError
+from gluon_arcface.train.config import RECIPES, TrainConfig, build_parser, config_from_args
+from gluon_arcface.runtime.errors import ConfigError
 
 
 def parse(*argv):

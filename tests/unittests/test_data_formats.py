@@ -15,10 +15,10 @@ import mxnet as mx
 
 import gluon_arcface as gaf
 from gluon_arcface import recordio
-from gluon_arcface.binfile import load_bin, read_bin, write_bin
-from gluon_arcface.images import decode_image
-from gluon_arcface.datasets import FaceRecordDataset, read_facerec_meta, write_property
-from gluon_arcface.errors import FaceDataError, UnsafePickleError
+from gluon_arcface.data.binfile import load_bin, read_bin, write_bin
+from gluon_arcface.data.images import decode_image
+from gluon_arcface.data.datasets import FaceRecordDataset, read_facerec_meta, write_property
+from gluon_arcface.runtime.errors import FaceDataError, UnsafePickleError
 
 
 def face(label, size=16, variant=0):

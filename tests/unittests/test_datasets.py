@@ -9,7 +9,7 @@ import mxnet as mx
 from mxnet import gluon
 
 import gluon_arcface as gaf
-from gluon_arcface.errors import FaceDataError, ImageDecodeError
+from gluon_arcface.runtime.errors import FaceDataError, ImageDecodeError
 
 SIZE = 8
 

@@ -2,8 +2,8 @@
 compare.py and FaceEmbedder.compare on photos.
 
 The photos are skimage's astronaut (Eileen Collins) pasted at known positions, sizes and small
-rotations into backgrounds (gluon_arcface.pasted_faces), so that where her landmarks lie in each
-frame is known; small frames keep each test to a few seconds of one core.
+rotations into backgrounds (gluon_arcface.data.pasted_faces), so that where her landmarks lie in
+each frame is known; small frames keep each test to a few seconds of one core.
 """
 import importlib.util
 import os
@@ -16,7 +16,7 @@ pytest.importorskip('dlib')
 
 import gluon_arcface as gaf  # noqa: E402
 from gluon_arcface import detect, pasted_faces as pf, prepare  # noqa: E402
-from gluon_arcface.align import ARCFACE_TEMPLATE  # noqa: E402
+from gluon_arcface.data.align import ARCFACE_TEMPLATE  # noqa: E402
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), '..', '..', 'scripts')
 

@@ -325,7 +325,7 @@ def test_setup_errors_say_what_is_expected(monkeypatch):
 def test_averaging_running_statistics_keeps_the_momentum():
     """sync_aux_states (devices) writes in place: Parameter.set_data would make a Trainer that
     updates on its kvstore (several devices) rebuild it, dropping the momentum of every epoch."""
-    from gluon_arcface.training import sync_aux_states
+    from gluon_arcface.train.training import sync_aux_states
     ctx = [mx.cpu(0), mx.cpu(1)]
     X = mx.np.array(onp.random.RandomState(0).uniform(size=(8, 5)).astype('float32'))
     nets, trainers = [], []

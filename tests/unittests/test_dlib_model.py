@@ -16,7 +16,7 @@ import mxnet as mx
 dlib = pytest.importorskip('dlib')
 
 from gluon_arcface import dlib_dat, dlib_resnet, model_zoo  # noqa: E402
-from gluon_arcface.errors import CheckpointError  # noqa: E402
+from gluon_arcface.runtime.errors import CheckpointError  # noqa: E402
 from test_interop import run_script  # noqa: E402 - the shared helper
 
 YALEB = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared', 'data', 'yaleb')
@@ -29,7 +29,7 @@ def dat_path():
 
 def _detector_chips(img, paddings=(0.25,)):
     """dlib's own 150x150 chips of the largest face in an RGB photo (HOG + 5 landmarks)."""
-    from gluon_arcface.detect import _model
+    from gluon_arcface.data.detect import _model
     rects = _model('hog')(img, 1)
     assert len(rects), 'no face found'
     rect = max(rects, key=lambda r: r.area())
@@ -46,9 +46,9 @@ def real_chips():
     chips = _detector_chips(photo, paddings=(0.25, 0.2, 0.35))
     chips += [onp.ascontiguousarray(c[:, ::-1]) for c in chips]
     if os.path.isdir(YALEB):
-        from gluon_arcface.binfile import read_bin
-        from gluon_arcface.detect import realign
-        from gluon_arcface.images import decode_image
+        from gluon_arcface.data.binfile import read_bin
+        from gluon_arcface.data.detect import realign
+        from gluon_arcface.data.images import decode_image
         images = read_bin(os.path.join(YALEB, 'yaleb_val.bin'))[0]
         chips += [realign(decode_image(b), 'dlib-chip') for b in images[:400:20]]
     return chips
@@ -127,7 +127,7 @@ def test_the_block_equals_dlib_on_real_chips(real_chips, dat_path):
 
 
 def test_the_onnx_export_equals_dlib(real_chips, dat_path, tmp_path):
-    from gluon_arcface.interop import export_onnx, load_onnx
+    from gluon_arcface.models.interop import export_onnx, load_onnx
     net = dlib_resnet.load_dlib_resnet(dat_path)
     path = export_onnx(net, str(tmp_path / 'dlib.onnx'), (150, 150))
     ours = load_onnx(path)(_as_input(real_chips)).asnumpy()
@@ -142,7 +142,7 @@ def test_the_onnx_export_equals_dlib(real_chips, dat_path, tmp_path):
 def test_geometries_map_a_crop_onto_the_chip():
     """'resize' stretches the crop over the chip; 'dlib-chip' puts ArcFace's landmarks near
     where dlib's template has them (a scale and shift fit: 2 chip pixels on average)."""
-    from gluon_arcface.align import ARCFACE_TEMPLATE
+    from gluon_arcface.data.align import ARCFACE_TEMPLATE
     rows, cols = dlib_resnet.geometry_map('dlib-chip', (112, 112))
     assert rows.shape == (150, 112) and cols.shape == (150, 112)
     errors = []
@@ -164,7 +164,7 @@ def test_the_named_model_through_every_path(real_chips, tmp_path):
     """get_pretrained, load_face_model (verify.py, FaceEmbedder), export.py to ONNX and MXNet:
     the same embeddings everywhere; model.json records the geometry."""
     import gluon_arcface as gaf
-    from gluon_arcface.interop import load_face_model
+    from gluon_arcface.models.resolve import load_face_model
     crops = [gaf.resize_face(c, (112, 112)) for c in real_chips[:4]]
     x = _as_input(crops)
     ref = gaf.get_pretrained('dlib-resnet-v1')(x).asnumpy()
@@ -188,7 +188,7 @@ def test_the_named_model_through_every_path(real_chips, tmp_path):
         other, size, _ = load_face_model(spec)
         assert size == (112, 112)
         onp.testing.assert_allclose(other(x).asnumpy(), ref, atol=1e-4)
-    mapped, _ = gaf.interop.faceresnet_from_model(prefix)  # the export, rebuilt as a block
+    mapped, _ = gaf.faceresnet_from_model(prefix)  # the export, rebuilt as a block
     onp.testing.assert_allclose(mapped(x).asnumpy(), ref, atol=1e-5)
 
 
@@ -196,7 +196,7 @@ def test_verify_script_takes_the_name_and_dlib_itself(real_chips, tmp_path):
     """verify.py --model dlib-resnet-v1 [--align landmarks] and NAME@dlib on a .bin of real
     faces: the landmark path and dlib itself give the same embeddings, so the same figures."""
     import cv2
-    from gluon_arcface.binfile import write_bin
+    from gluon_arcface.data.binfile import write_bin
     faces = real_chips[:6]
     images = [cv2.imencode('.jpg', cv2.cvtColor(c, cv2.COLOR_RGB2BGR))[1].tobytes()
               for c in faces]
@@ -239,7 +239,7 @@ def test_fine_tuning_starts_from_exactly_the_converted_weights(dat_path):
     factory = functools.partial(dlib_resnet.DlibResNet, input_size=(32, 32),
                                 geometry='dlib-chip')
     net = gaf.TrainBlock(18, 128, 5, False, backbone=factory)
-    recipe._load_pretrained(net, 'dlib-resnet-v1')
+    recipe._load_pretrained(net, gaf.resolve_model('dlib-resnet-v1'))
     converted = npx.load(dlib_resnet.convert_dat(dat_path))
     params = net.feat_net[0]._collect_params_with_prefix()
     for name, array in converted.items():
@@ -256,8 +256,8 @@ def test_recipe_finetune_runs_keeps_its_best_epoch_and_round_trips(tmp_path, syn
     identities held out to pick the epoch, the zero-shot row beside the fine-tuned one, and
     the recipe's values in config.json read back the same."""
     from test_cli import run_train  # noqa: E402 - the shared helper
-    from gluon_arcface.config import RECIPES, read_run_config, resolve_config
-    from gluon_arcface.synthetic import SYNTHETIC_VAL
+    from gluon_arcface.train.config import RECIPES, read_run_config, resolve_config
+    from gluon_arcface.data.synthetic import SYNTHETIC_VAL
     data = synthetic_faces(10, 6, 4, 10, 32, seed=3)
     out = run_train('--recipe', 'finetune', '--data-dir', data, '--val-targets', SYNTHETIC_VAL,
                     '--epochs', '2', '--batch-size', '16', '--no-progress', '--num-workers', '1',
@@ -278,13 +278,13 @@ def test_recipe_finetune_runs_keeps_its_best_epoch_and_round_trips(tmp_path, syn
     for key, value in RECIPES['finetune'].items():
         if key not in ('epochs', 'batch_size'):
             assert getattr(again, key) == value, key
-    net, size, _ = __import__('gluon_arcface').interop.load_face_model(str(tmp_path / 'run'))
+    net, size, _ = __import__('gluon_arcface').load_face_model(str(tmp_path / 'run'))
     assert size == (32, 32) and net(mx.np.zeros((1, 3, 32, 32))).shape == (1, 128)
 
 
 def test_geometry_is_chosen_per_call_and_only_for_named_models(tmp_path):
-    from gluon_arcface.errors import ConfigError
-    from gluon_arcface.interop import load_face_model
+    from gluon_arcface.runtime.errors import ConfigError
+    from gluon_arcface.models.resolve import load_face_model
     x = mx.np.array(onp.random.RandomState(1).uniform(0, 1, (2, 3, 112, 112)).astype('float32'))
     outs = {}
     for geometry in ('dlib-chip', 'resize', None):

@@ -3,7 +3,7 @@ record (RecordIO key / .bin image index) or line, and what was expected; nothing
 lost; untrusted files (pickles, archives, checkpoints) run no code; Ctrl-C and --resume work
 from the command line.
 
-The faults of the README table "When things go wrong" are the parametrised cases below (and the
+The faults of the table in docs/faults.md are the parametrised cases below (and the
 tests referenced there from test_data_formats.py, test_datasets.py, test_hub.py and
 test_training.py).
 """
@@ -29,9 +29,9 @@ from mxnet import gluon
 import gluon_arcface as gaf
 from gluon_arcface import checkpoint as ckpt
 from gluon_arcface import hub, recordio
-from gluon_arcface.binfile import load_bin, read_bin, write_bin
-from gluon_arcface.datasets import FaceRecordDataset, load_data_face_rec, read_facerec_meta
-from gluon_arcface.errors import (CheckpointError, FaceDataError, GluonArcFaceError,
+from gluon_arcface.data.binfile import load_bin, read_bin, write_bin
+from gluon_arcface.data.datasets import FaceRecordDataset, load_data_face_rec, read_facerec_meta
+from gluon_arcface.runtime.errors import (CheckpointError, FaceDataError, GluonArcFaceError,
                                   ImageDecodeError, UnsafePickleError)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -559,7 +559,7 @@ def dump_pair(evil, protocol=4):
     (dump_pair(onp.array([PAIRS[0], PAIRS[1]], dtype=object)),
      'numpy array of dtype object'),
     (dump_pair(onp.zeros(3, dtype=[('a', 'u1'), ('b', 'O')])), r'numpy array of dtype \|V9'),
-    (dump_pair(gaf.TrainBlock), r'gluon_arcface\.model\.TrainBlock'),
+    (dump_pair(gaf.TrainBlock), r'gluon_arcface\.nn\.model\.TrainBlock'),
     (b'\x80\x02]q\x00(P0\nP1\ne]q\x01\x88a\x86q\x02.', 'opcode PERSID'),
     (b'\x80\x02\x82\x01]q\x00\x86.', 'EXT1'),
     # BUILD on an allowed global would change it for every later load

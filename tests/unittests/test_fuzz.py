@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gluon_arcface import recordio
-from gluon_arcface.binfile import load_bin, read_bin
-from gluon_arcface.datasets import FaceRecordDataset
-from gluon_arcface.errors import GluonArcFaceError
+from gluon_arcface.data.binfile import load_bin, read_bin
+from gluon_arcface.data.datasets import FaceRecordDataset
+from gluon_arcface.runtime.errors import GluonArcFaceError
 
 FUZZ = settings(max_examples=500, deadline=5000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -142,7 +142,7 @@ def only_package_errors(func, *args, **kwargs):
         func(*args, **kwargs)
         return True
     except GluonArcFaceError as e:
-        assert str(e).strip() and e.__class__.__module__ == 'gluon_arcface.errors'
+        assert str(e).strip() and e.__class__.__module__ == 'gluon_arcface.runtime.errors'
         return False
 
 

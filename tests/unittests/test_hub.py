@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from gluon_arcface import hub
-from gluon_arcface.errors import ChecksumError, DownloadError, UnsafeArchiveError
+from gluon_arcface.runtime.errors import ChecksumError, DownloadError, UnsafeArchiveError
 
 TINY_FILES = {'tiny/property': b'2,8,8\n', 'tiny/00000000/0.jpg': b'jpeg0',
               'tiny/00000001/0.jpg': b'jpeg1'}

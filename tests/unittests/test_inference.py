@@ -89,9 +89,9 @@ def test_training_verification_and_photos_feed_the_network_the_same_tensor(tmp_p
     """A mismatch between training and testing preprocessing is the classic cause of verification
     near 0.5: a photo (PNG, lossless) reaches the network identically from the training
     transform, a verification .bin and the photo-embedding path, resized or not."""
-    from gluon_arcface.binfile import load_bin, write_bin
-    from gluon_arcface.datasets import FaceTrainTransform
-    from gluon_arcface.inference import preprocess
+    from gluon_arcface.data.binfile import load_bin, write_bin
+    from gluon_arcface.data.datasets import FaceTrainTransform
+    from gluon_arcface.eval.inference import preprocess
     rng = onp.random.RandomState(0)
     photo = rng.randint(0, 256, size=(40, 36, 3)).astype(onp.uint8)
     png = cv2.imencode('.png', photo[:, :, ::-1])[1].tobytes()  # cv2 writes BGR

@@ -21,9 +21,9 @@ from mxnet import np as mnp
 
 import gluon_arcface as gaf
 from gluon_arcface import interop
-from gluon_arcface.binfile import load_bin, write_bin
-from gluon_arcface.errors import CheckpointError, ConfigError
-from gluon_arcface.synthetic import generate_faces
+from gluon_arcface.data.binfile import load_bin, write_bin
+from gluon_arcface.runtime.errors import CheckpointError, ConfigError
+from gluon_arcface.data.synthetic import generate_faces
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 try:
@@ -284,7 +284,7 @@ def test_a_checkpoint_runs_as_it_computes(tmp_path, log, head):
     for _ in range(2):  # MXNet's oneDNN executors can fail on their second forward
         check(net(mnp.array(pixels / 255)), want, '%s: load_embedding_net' % head)
     # The same through load_face_model, which also finds the input size (MobileFaceNet's too).
-    net, image_size, _ = interop.load_face_model(prefix + ',0')
+    net, image_size, _ = gaf.load_face_model(prefix + ',0')
     assert image_size == (size, size) and net.input_range == 255
     check(net(mnp.array(pixels / 255)), want, '%s: load_face_model' % head)
     assert 'model: input taken as RGB 0-255 (%s)' % REASONS[head] in log.messages
@@ -321,7 +321,7 @@ def test_input_range_overrides(tmp_path, log):
     assert net.input_range == 1 and not isinstance(net, interop.PixelRange)
     assert log.messages == ['model: input taken as RGB [0, 1] (input_range=1 given)']
     check(net(mnp.array(x)), want, 'identity: load_embedding_net(input_range=1)')
-    net, _, _ = interop.load_face_model(prefix, input_range=1)
+    net, _, _ = gaf.load_face_model(prefix, input_range=1)
     check(net(mnp.array(x)), want, 'identity: load_face_model(input_range=1)')
     with pytest.raises(ValueError, match='input_range is 1 .* or 255'):
         gaf.load_embedding_net(prefix, input_range=256)
@@ -335,13 +335,13 @@ def test_input_range_overrides(tmp_path, log):
     with pytest.raises(SystemExit):
         run_script('verify', ['--model', prefix, '--input-range', '100'])
     # A FaceResNet of a graph that takes [0, 1]: input_norm is the graph's own (x - 127.5) / 128.
-    mapped, _ = interop.faceresnet_from_model(prefix + ',0', input_range=1)
+    mapped, _ = gaf.faceresnet_from_model(prefix + ',0', input_range=1)
     assert mapped.input_norm == (127.5, 0.0078125)
     check(mapped(mnp.array(x)), want, 'identity: faceresnet_from_model(input_range=1)')
     # The package's own models take [0, 1]: 255 contradicts them.
     (tmp_path / 'ours.params').write_bytes(b'')
     with pytest.raises(ConfigError, match=r'ours\.params is a model of this package'):
-        interop.faceresnet_from_model(str(tmp_path / 'ours.params'), input_range=255)
+        gaf.faceresnet_from_model(str(tmp_path / 'ours.params'), input_range=255)
 
 
 # ----------------------------------------------------------------------------- mapping, export
@@ -386,7 +386,7 @@ def test_export_script_writes_the_checkpoints_embedding(tmp_path, log, head):
     check(session.run(None, {'data': pixels})[0], fc1_output(prefix, pixels),
           '%s: export.py --onnx' % head)
     # An ONNX model taking [0, 1] runs with input_range=1: the pixels go in unscaled.
-    net, _, _ = interop.load_face_model(path, input_range=1)
+    net, _, _ = gaf.load_face_model(path, input_range=1)
     assert net.input_range == 1
     check(net(pixels / 255), session.run(None, {'data': pixels / 255})[0],
           '%s: load_face_model(.onnx, input_range=1)' % head)

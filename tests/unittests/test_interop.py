@@ -14,8 +14,8 @@ from mxnet import np as mnp
 
 import gluon_arcface as gaf
 from gluon_arcface import interop
-from gluon_arcface.errors import CheckpointError
-from gluon_arcface.synthetic import SYNTHETIC_VAL, generate_faces
+from gluon_arcface.runtime.errors import CheckpointError
+from gluon_arcface.data.synthetic import SYNTHETIC_VAL, generate_faces
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 try:
@@ -76,7 +76,7 @@ def test_insightface_checkpoint_loads_as_it_computes(tmp_path):
     onp.testing.assert_allclose(emb, want, rtol=1e-4, atol=1e-4 * onp.abs(want).max())
     assert gaf.embed_images(faces(2, 32), net, image_size=(32, 32)).shape == (2, 32)
     # The same through load_face_model with InsightFace's PREFIX,EPOCH.
-    net2, size, _ = interop.load_face_model(prefix + ',0')
+    net2, size, _ = gaf.load_face_model(prefix + ',0')
     assert size == (32, 32)
     onp.testing.assert_allclose(net2(mnp.array(x)).asnumpy(), want, rtol=1e-4,
                                 atol=1e-4 * onp.abs(want).max())
@@ -224,7 +224,7 @@ def test_not_a_face_model_is_a_clear_error(tmp_path):
         mx.model.save_checkpoint(prefix, 0, sym, {'c_weight': mx.nd.ones((4, 3, 3, 3)),
                                                   'c_bias': mx.nd.zeros(4)}, {})
     with pytest.raises(CheckpointError, match=r'not a face embedding model.*\(1, 4, 110, 110\)'):
-        interop.load_face_model(prefix)
+        gaf.load_face_model(prefix)
     out = run_script('verify.py', '--model', prefix, '--targets', 'lfw', '--no-progress')
     assert out.returncode == 1 and 'error:' in out.stderr and 'not a face embedding' in \
         out.stderr and 'Traceback' not in out.stderr

@@ -11,7 +11,7 @@ from mxnet import np as mnp
 
 import gluon_arcface as gaf
 from gluon_arcface import parallel
-from gluon_arcface.margin import (adacos_fixed_scale, adacos_scale, head_state,
+from gluon_arcface.nn.margin import (adacos_fixed_scale, adacos_scale, head_state,
                                   set_head_state)
 
 CTX2 = [mx.cpu(0), mx.cpu(1)]

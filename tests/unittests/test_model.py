@@ -6,7 +6,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, np
 
 import gluon_arcface as gaf
-from gluon_arcface.margin import COS_CLIP, NORM_EPS
+from gluon_arcface.nn.margin import COS_CLIP, NORM_EPS
 
 
 def n_params(block):

@@ -8,7 +8,7 @@ from mxnet.gluon import nn
 
 import gluon_arcface as gaf
 from gluon_arcface import parallel, recipe
-from gluon_arcface.training import forward_backward
+from gluon_arcface.train.training import forward_backward
 
 CTX2 = [mx.cpu(0), mx.cpu(1)]
 CLASSES, EMB = 7, 16

@@ -14,12 +14,12 @@ import pytest
 import mxnet as mx
 
 from gluon_arcface import prepare
-from gluon_arcface.align import (ARCFACE_TEMPLATE, align_face, check_landmarks,
+from gluon_arcface.data.align import (ARCFACE_TEMPLATE, align_face, check_landmarks,
                                  estimate_similarity, reference_landmarks)
-from gluon_arcface.binfile import load_bin, read_bin
-from gluon_arcface.images import decode_image
-from gluon_arcface.datasets import FaceFolderDataset, FaceRecordDataset, read_facerec_meta
-from gluon_arcface.errors import FaceDataError
+from gluon_arcface.data.binfile import load_bin, read_bin
+from gluon_arcface.data.images import decode_image
+from gluon_arcface.data.datasets import FaceFolderDataset, FaceRecordDataset, read_facerec_meta
+from gluon_arcface.runtime.errors import FaceDataError
 
 NAMES = ['Ann_Smith', 'Bob_Jones', 'Carl_Wu', 'Dee_Lee', 'Eve_Park', 'Finn_Ode']
 COUNTS = [3, 2, 4, 1, 3, 2]

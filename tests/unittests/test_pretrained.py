@@ -11,8 +11,8 @@ import mxnet as mx
 from mxnet import np as mnp
 
 import gluon_arcface as gaf
-from gluon_arcface.errors import CheckpointError
-from gluon_arcface.pretrained import backbone_input_norm, find_backbone_file, load_backbone
+from gluon_arcface.runtime.errors import CheckpointError
+from gluon_arcface.models.pretrained import backbone_input_norm, find_backbone_file, load_backbone
 
 EMB = 16
 
@@ -102,7 +102,7 @@ def test_cli_fine_tunes_from_a_run(tmp_path, synthetic_faces):
     """scripts/train.py --pretrained RUN: the backbone starts from RUN's best checkpoint, the
     head is new (another number of identities), and a frozen first epoch leaves it unchanged."""
     from test_cli import run_train  # noqa: E402 - the shared helper
-    from gluon_arcface.synthetic import SYNTHETIC_VAL
+    from gluon_arcface.data.synthetic import SYNTHETIC_VAL
     first = synthetic_faces(6, 4, 4, 10, 16, seed=1)
     second = synthetic_faces(5, 4, 4, 10, 16, seed=2)
     common = ['--val-targets', SYNTHETIC_VAL, '--emb-size', '16', '--batch-size', '8',

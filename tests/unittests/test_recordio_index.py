@@ -11,9 +11,9 @@ import numpy as onp
 import pytest
 
 from gluon_arcface import benchmark, recordio
-from gluon_arcface.datasets import FaceRecordDataset
-from gluon_arcface.errors import FaceDataError
-from gluon_arcface.recordio import KeySequence, RecordIndex
+from gluon_arcface.data.datasets import FaceRecordDataset
+from gluon_arcface.runtime.errors import FaceDataError
+from gluon_arcface.data.recordio import KeySequence, RecordIndex
 
 N = 200_000
 STRIDE = 64

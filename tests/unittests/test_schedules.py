@@ -9,8 +9,8 @@ import mxnet as mx
 from mxnet import gluon
 
 import gluon_arcface as gaf
-from gluon_arcface.margin import head_state
-from gluon_arcface.schedules import TrainSchedule, backbone_params
+from gluon_arcface.nn.margin import head_state
+from gluon_arcface.train.schedules import TrainSchedule, backbone_params
 
 
 def test_step_schedule_is_the_chapters():
@@ -141,8 +141,8 @@ class _FakeKV:
                                       dict(warmup_epochs=0.5), dict(freeze_epochs=1),
                                       dict(backbone_lr_mult=0.1)])
 def test_dist_async_refuses_a_schedule_that_changes_the_learning_rate(settings):
-    from gluon_arcface.distributed import WorkerGroup
-    from gluon_arcface.errors import DistributedError
+    from gluon_arcface.train.distributed import WorkerGroup
+    from gluon_arcface.runtime.errors import DistributedError
     schedule = TrainSchedule(0.1, 3, **settings)
     with pytest.raises(DistributedError, match='dist_async'):
         WorkerGroup(_FakeKV('dist_async')).check_schedule(schedule)

@@ -12,7 +12,7 @@ from mxnet.gluon import nn
 
 import gluon_arcface as gaf
 from gluon_arcface import benchmark
-from gluon_arcface.model import PReLU, inference_net
+from gluon_arcface.nn.model import PReLU, inference_net
 
 
 def _copy_params(src, dst):
@@ -309,7 +309,7 @@ def test_fast_blocks_over_two_cpu_contexts():
     ctx = [mx.cpu(0), mx.cpu(1)]
     for net in (plain, fast):
         net.collect_params().reset_ctx(ctx)
-    from gluon_arcface.training import forward_backward
+    from gluon_arcface.train.training import forward_backward
     x = np.random.uniform(size=(4, 3, 32, 32))
     y = np.array([1, 2, 3, 4]).astype('float32')
     loss = gluon.loss.SoftmaxCrossEntropyLoss()

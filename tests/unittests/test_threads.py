@@ -227,7 +227,7 @@ def test_amp_training_turns_our_amx_setting_off(monkeypatch, tmp_path):
     (the command line, its --resume, or fit from Python) removes the variable the package set,
     before it touches data; a user's own setting stays; a float32 run leaves it."""
     from gluon_arcface import recipe
-    from gluon_arcface.config import TrainConfig
+    from gluon_arcface.train.config import TrainConfig
     env = {}
     if threads.platform.machine().lower() in ('x86_64', 'amd64') and \
             sys.platform.startswith('linux'):

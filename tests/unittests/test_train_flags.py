@@ -14,8 +14,8 @@ from mxnet import gluon
 
 import gluon_arcface as gaf
 from gluon_arcface import config, recipe
-from gluon_arcface.augment import AugmentSettings
-from gluon_arcface.synthetic import SYNTHETIC_VAL
+from gluon_arcface.data.augment import AugmentSettings
+from gluon_arcface.data.synthetic import SYNTHETIC_VAL
 
 
 @pytest.fixture(scope='module')
@@ -175,7 +175,7 @@ def test_max_samples_lowers_the_epochs_of_a_large_set(tiny, tmp_path, monkeypatc
 def test_a_batch_the_memory_cannot_hold_is_refused_before_training(tiny, tmp_path, monkeypatch):
     """The chapter's batch of 512 at 112x112 needs about 33 GB on a CPU; a run that cannot fit
     stops with a ConfigError saying what to change, instead of being killed by the system."""
-    from gluon_arcface.model import estimate_step_memory
+    from gluon_arcface.nn.model import estimate_step_memory
     need = estimate_step_memory(18, (112, 112), 512, 256, 300)
     assert 28 * 2 ** 30 < need < 40 * 2 ** 30  # 64 MB per image measured at batch 8 and 32
     assert estimate_step_memory(18, (112, 112), 512, dtype='bfloat16') < 0.6 * need

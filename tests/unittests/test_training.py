@@ -13,8 +13,8 @@ from mxnet import autograd, gluon, np
 
 import gluon_arcface as gaf
 from gluon_arcface import checkpoint as ckpt
-from gluon_arcface.errors import CheckpointError, TrainingDivergedError
-from gluon_arcface.training import forward_backward, sync_aux_states
+from gluon_arcface.runtime.errors import CheckpointError, TrainingDivergedError
+from gluon_arcface.train.training import forward_backward, sync_aux_states
 
 CTX2 = [mx.cpu(0), mx.cpu(1)]
 

@@ -8,8 +8,8 @@ from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
 from scipy.interpolate import BSpline, interp1d
 
-import gluon_arcface.verification as ver
-from gluon_arcface.plotting import plot_roc
+import gluon_arcface.eval.verification as ver
+from gluon_arcface.eval.plotting import plot_roc
 
 CTX = [mx.cpu(0), mx.cpu(1)]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'

@@ -1,0 +1,205 @@
+"""Embeddings for deployment: the chapter's get_embedding, images from files, face comparison,
+and export of the embedding network (symbol + params) for serving.
+
+Images go into the network exactly as in training and verification: RGB, (3, H, W) float32 in
+[0, 1]. Embeddings of an image and of its mirror image are summed and L2-normalised, as in the
+verification protocols, so a threshold chosen by verification applies to ``compare_faces``.
+
+Ordinary photos (a face somewhere in a larger frame) are first detected and aligned to the
+ArcFace template (:mod:`gluon_arcface.data.detect`, dlib): ``embed_photos``, ``compare_photos``,
+``FaceEmbedder.compare(a, b, photos=True)``.
+"""
+import collections
+import os
+
+import numpy as np
+from ..runtime import _mxnet  # noqa: F401  (NumPy semantics, first)
+from mxnet import np as mnp
+
+from ..data.images import decode_image, resize_face, to_network_input
+from ..runtime.devices import as_contexts
+from ..runtime.errors import FaceDataError
+from ..nn.embed import compute_embeddings, l2_normalize
+
+__all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine_similarity',
+           'compare_faces', 'FaceEmbedder', 'load_photo', 'photo_faces', 'embed_photos',
+           'compare_photos', 'PhotoComparison', 'DEFAULT_THRESHOLDS']
+
+#: Cosine thresholds of named pretrained models that have none in their model.json, measured
+#: (docs/own_photos.md, "From your photos to a dataset"): dlib-resnet-v1's is the mean 10-fold
+#: threshold of its verification of Yale B photos pasted into larger frames, detected and
+#: aligned (the 129 of the first 300 pairs of yaleb_val.bin where both faces were found;
+#: scripts/measure_detection.py verification).
+DEFAULT_THRESHOLDS = {'dlib-resnet-v1': 0.915}
+
+
+def get_embedding(img, net, ctx=None):
+    """The chapter's get_embedding: RGB uint8 (H, W, 3) -> raw embedding (1, emb_size), an
+    ``mxnet.np`` float32 array on the first device of ``ctx``; not normalised."""
+    ctx = as_contexts(ctx, net)[0]
+    x = preprocess(img, img.shape[:2])[None]
+    emb = compute_embeddings([x], net, ctx, batch_size=1, fast=False)
+    return mnp.array(emb, dtype='float32', ctx=ctx)
+
+
+def preprocess(img, image_size):
+    """RGB uint8 (H, W, 3) -> float32 (3, H', W') in [0, 1], resized to ``image_size`` (H', W')."""
+    img = np.asarray(img.asnumpy() if hasattr(img, 'asnumpy') else img)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError('expected an RGB image of shape (H, W, 3), got %s' % (img.shape,))
+    return to_network_input(resize_face(img, tuple(image_size)))
+
+
+def embed_images(images, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
+    """Embed RGB uint8 images -> L2-normalised float32 (N, emb_size) numpy array.
+
+    With ``flip`` the embedding of each image's mirror image is added before normalising, as
+    the verification protocols do, so their thresholds apply.
+    """
+    batch = np.stack([preprocess(img, image_size) for img in images])
+    views = [batch, batch[:, :, :, ::-1]] if flip else [batch]
+    return compute_embeddings(views, net, as_contexts(ctx, net)[:1], batch_size, fast=False,
+                              normalize=True).astype(np.float32)
+
+
+def embed_files(paths, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True):
+    """Embed image files (aligned face crops) -> L2-normalised float32 (N, emb_size)."""
+    images = [load_photo(path) for path in paths]
+    return embed_images(images, net, ctx, image_size, batch_size, flip)
+
+
+def cosine_similarity(a, b):
+    """Row-wise cosine similarity of two (N, D) arrays (or two (D,) vectors)."""
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    sim = np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
+    return sim if len(sim) > 1 else float(sim[0])
+
+
+def compare_faces(img_a, img_b, net, threshold, ctx=None, image_size=(112, 112)):
+    """Whether two face images show the same person -> ``(cosine similarity, same)``.
+
+    ``threshold`` is a cosine similarity, e.g. ``VerificationResult.cos_threshold`` from a
+    verification run of the same network. Images are RGB uint8 arrays or file paths.
+    """
+    loaded = [load_photo(img) if isinstance(img, (str, os.PathLike)) else img
+              for img in (img_a, img_b)]
+    emb = embed_images(loaded, net, ctx, image_size)
+    sim = float(np.dot(emb[0], emb[1]))
+    return sim, sim > threshold
+
+
+class FaceEmbedder:
+    """An embedding network with its input size and decision threshold, ready to compare faces.
+
+    ``threshold`` is a cosine similarity (from verification); ``embed(images or paths)`` returns
+    normalised (N, D) embeddings; ``compare(a, b)`` returns ``(similarity, same)``.
+    """
+
+    def __init__(self, net, image_size=(112, 112), threshold=None, ctx=None):
+        self.net, self.image_size, self.threshold = net, tuple(image_size), threshold
+        self.ctx = as_contexts(ctx, net)[0]
+
+    @classmethod
+    def load(cls, model, image_size=None, threshold=None, ctx=None, epoch=None):
+        """From anything :func:`~gluon_arcface.models.resolve.load_face_model` takes (a run
+        folder, a named pretrained model, an exported model, an InsightFace checkpoint, an .onnx
+        file). The input size comes from the model and the threshold from its ``model.json``
+        (when it holds one verification set's) unless given."""
+        from ..models.interop import read_model_info
+        from ..models.resolve import load_face_model
+        net, model_size, source = load_face_model(model, ctx, epoch)
+        if threshold is None and not source.lower().endswith('.onnx'):
+            thresholds = (read_model_info(source) or {}).get('cos_threshold') or {}
+            if len(thresholds) == 1:
+                threshold = float(next(iter(thresholds.values())))
+        if threshold is None and isinstance(model, str):
+            threshold = DEFAULT_THRESHOLDS.get(model)
+        return cls(net, image_size or model_size, threshold, ctx)
+
+    def embed(self, images, photos=False, detector='auto'):
+        """Normalised (N, D) embeddings of aligned crops (RGB arrays or files), or with
+        ``photos=True`` of ordinary photos (the face of each is detected and aligned first;
+        :class:`~gluon_arcface.data.detect.NoFaceError` names a photo without one)."""
+        if photos:
+            return embed_photos(images, self.net, self.ctx, self.image_size, detector=detector)
+        if images and isinstance(images[0], (str, os.PathLike)):
+            return embed_files(images, self.net, self.ctx, self.image_size)
+        return embed_images(images, self.net, self.ctx, self.image_size)
+
+    def compare(self, a, b, threshold=None, photos=False, detector='auto'):
+        """``(cosine similarity, same)`` of two faces: aligned crops (arrays or files), or
+        with ``photos=True`` ordinary photos, detected and aligned first (see
+        :func:`compare_photos` for the faces and crops)."""
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is None:
+            raise ValueError('no threshold: pass one, or use cos_threshold from a verification '
+                             'run')
+        if photos:
+            result = compare_photos(a, b, self.net, threshold, self.ctx, self.image_size,
+                                    detector=detector)
+            return result.similarity, result.same
+        return compare_faces(a, b, self.net, threshold, self.ctx, self.image_size)
+
+
+# ----------------------------------------------------------------------------- photos
+
+PhotoComparison = collections.namedtuple(
+    'PhotoComparison', 'similarity same threshold faces crops photos')
+PhotoComparison.__doc__ = ('What :func:`compare_photos` returns: cosine ``similarity``, ``same`` '
+                           '(similarity > threshold), the ``threshold``, the two detected '
+                           '``faces`` (detect.Face), their aligned ``crops`` and the decoded '
+                           '``photos`` (RGB).')
+
+
+def load_photo(photo):
+    """A photo as RGB uint8: a file path (JPEG, PNG or BMP; FaceDataError naming it when
+    missing or not an image) or an array (greyscale and RGBA are converted)."""
+    from ..data.detect import as_rgb
+    if isinstance(photo, (str, os.PathLike)):
+        try:
+            with open(photo, 'rb') as f:
+                return decode_image(f.read(), os.fspath(photo))
+        except FileNotFoundError:
+            raise FaceDataError(photo, 'image file not found') from None
+        except IsADirectoryError:
+            raise FaceDataError(photo, 'is a folder, not an image file') from None
+    return as_rgb(photo)
+
+
+def photo_faces(photos, image_size=(112, 112), detector='auto', policy='largest',
+                images=None):
+    """Detect and align the face of each photo (paths or arrays) -> ``(faces, crops,
+    images)``: :data:`~gluon_arcface.data.detect.Face` s, RGB crops at ``image_size`` on the
+    ArcFace template, and the decoded photos (``images``: already decoded ones, the paths then
+    only name them). A photo without a face to keep raises
+    :class:`~gluon_arcface.data.detect.NoFaceError` naming it."""
+    from ..data.detect import align_photo, find_face
+    faces, crops, decoded = [], [], []
+    for i, photo in enumerate(photos):
+        img = load_photo(photo if images is None else images[i])
+        name = os.fspath(photo) if isinstance(photo, (str, os.PathLike)) else 'photo %d' % i
+        face = find_face(img, detector, policy, name)
+        faces.append(face)
+        crops.append(align_photo(img, face, image_size))
+        decoded.append(img)
+    return faces, crops, decoded
+
+
+def embed_photos(photos, net, ctx=None, image_size=(112, 112), batch_size=64, flip=True,
+                 detector='auto'):
+    """Embed ordinary photos (paths or RGB arrays): each one's face is detected, aligned to
+    the ArcFace template at ``image_size`` and embedded -> L2-normalised float32 (N, D)."""
+    _, crops, _ = photo_faces(photos, image_size, detector)
+    return embed_images(crops, net, ctx, image_size, batch_size, flip)
+
+
+def compare_photos(photo_a, photo_b, net, threshold, ctx=None, image_size=(112, 112),
+                   detector='auto', images=None):
+    """Whether two ordinary photos show the same person -> :data:`PhotoComparison`. Each
+    photo's face is detected and aligned first; ``threshold`` is a cosine similarity.
+    ``images``: the two photos already decoded (the paths then name them in messages)."""
+    faces, crops, images = photo_faces([photo_a, photo_b], image_size, detector,
+                                       images=images)
+    emb = embed_images(crops, net, ctx, image_size)
+    sim = float(np.dot(emb[0], emb[1]))
+    return PhotoComparison(sim, sim > threshold, threshold, faces, crops, images)
