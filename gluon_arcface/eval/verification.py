@@ -377,23 +377,29 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
     """
     from ..data.binfile import load_bin
     from ..runtime.fileio import write_json
-    from ..models.resolve import load_face_model
+    from ..models.model_zoo import get_pretrained
+    from ..models.resolve import load_face_model, resolve_model
+    from ..runtime.errors import ConfigError
     from .plotting import plot_roc
     prepare = None
     if align not in (None, 'landmarks'):
         raise ValueError("align must be None or 'landmarks', got %r" % (align,))
     if isinstance(model, (str, os.PathLike)):
-        net, image_size, source = load_face_model(model, ctx, input_range=input_range,
-                                                  geometry=geometry)
+        src = resolve_model(model, input_range=input_range)
+        chip = src.kind in ('named', 'dlib-reference')  # dlib's network: dlib's own chip
+        if align and src.kind == 'named':
+            if geometry != 'default':
+                raise ConfigError('--geometry frames fixed crops; with --align landmarks every '
+                                  'image is re-aligned to dlib\'s chip instead: give one of them')
+            from ..nn.dlib_resnet import DLIB_CHIP_SIZE
+            image_size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)  # the chip replaces the framing
+            net, source = get_pretrained(src.spec, ctx, image_size, geometry=None), src.spec
+        else:
+            net, image_size, source = load_face_model(src, ctx, input_range=input_range,
+                                                      geometry=geometry)
         if align:
             import functools
             from ..data.detect import realign
-            from ..models.model_zoo import get_pretrained, is_pretrained
-            chip = is_pretrained(str(model)) or str(model).endswith('@dlib')
-            if is_pretrained(str(model)):  # the chip replaces the in-graph framing
-                from ..nn.dlib_resnet import DLIB_CHIP_SIZE
-                image_size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)
-                net = get_pretrained(model, ctx, image_size, geometry=None)
             prepare = functools.partial(realign, template='dlib-chip' if chip else 'arcface',
                                         image_size=image_size)
     elif input_range is not None:

@@ -159,10 +159,10 @@ def faceresnet_from_model(spec, ctx=None, input_range=None):
                           'input_norm says the rest); input range 255 applies only to an '
                           'InsightFace checkpoint' % src.path)
     info = src.info
-    if info.get('backbone_settings'):  # fine-tuned from a named model
+    if src.backbone:  # fine-tuned from a named model
         from ..nn.dlib_resnet import dlib_resnet_from_file
-        return dlib_resnet_from_file(src.path, info['backbone_settings'], ctx), \
-            tuple(info['image_size'])
+        return dlib_resnet_from_file(src.path, src.backbone, ctx), \
+            tuple(src.image_size or src.backbone['input_size'])
     if not {'num_layers', 'emb_size', 'image_size'} <= set(info):
         raise CheckpointError('%s: model.json with num_layers, emb_size and image_size is '
                               'needed beside the model to rebuild it' % src.path)

@@ -51,6 +51,8 @@ class ModelSource:
     known without loading (None otherwise); ``input_range``: the pixels the model's graph takes
     (1: RGB [0, 1], 255: RGB 0-255; every loaded model takes [0, 1] from the caller);
     ``input_norm``: the (mean, scale) a FaceResNet backbone of it uses (None: plain [0, 1]);
+    ``backbone``: the settings of a network other than FaceResNet (``DlibResNet.describe()``;
+    a named model's or one fine-tuned from it), None for a FaceResNet or an unknown graph;
     ``info``: model.json (or a run's resolved settings), ``{}`` if none.
     """
     spec: str
@@ -63,6 +65,7 @@ class ModelSource:
     emb_size: int = None
     input_range: int = None
     input_norm: tuple = None
+    backbone: dict = None
     info: dict = dataclasses.field(default_factory=dict)
 
 
@@ -114,10 +117,12 @@ def _named(spec, input_range):
                           % spec)
     name = spec[:-len('@dlib')] if reference else spec
     entry = model_zoo.PRETRAINED_MODELS[name]
+    size = (150, 150) if reference else tuple(entry['image_size'])
     return ModelSource(spec, 'dlib-reference' if reference else 'named',
                        model_zoo.pretrained_file(name), emb_size=entry['emb_size'],
-                       image_size=(150, 150) if reference else tuple(entry['image_size']),
-                       input_range=1, info=dict(entry))
+                       image_size=size, input_range=1, info=dict(entry),
+                       backbone=dict(backbone=name, input_size=list(size),
+                                     geometry=entry['geometry'], emb_size=entry['emb_size']))
 
 
 def _graph_model(spec, prefix, epoch, input_range, checkpoint=None):
@@ -145,7 +150,7 @@ def _graph_model(spec, prefix, epoch, input_range, checkpoint=None):
         spec, 'insightface' if insightface else 'exported', path, prefix, epoch, checkpoint,
         model_image_size(prefix, path), info.get('emb_size'),
         input_range_of(prefix, input_range=input_range, log=False)[0],
-        tuple(norm) if norm else None, info)
+        tuple(norm) if norm else None, info.get('backbone_settings'), info)
 
 
 def resolve_model(spec, epoch=None, input_range=None):
@@ -198,10 +203,12 @@ def _checkpoint_source(spec, path, input_range):
     settings = _run_settings(path)
     norm = settings.get('input_norm')
     size = settings.get('image_size')
+    backbone = settings.get('backbone') if isinstance(settings.get('backbone'), dict) else None
     return ModelSource(spec, 'checkpoint', path, checkpoint=path,
                        image_size=tuple(size) if size else None,
-                       emb_size=settings.get('emb_size'), input_range=1,
-                       input_norm=tuple(norm) if norm else None, info=settings)
+                       emb_size=(backbone or settings).get('emb_size'), input_range=1,
+                       input_norm=tuple(norm) if norm else None, backbone=backbone,
+                       info=settings)
 
 
 def load_face_model(spec, ctx=None, epoch=None, input_range=None, geometry='default'):

@@ -174,8 +174,10 @@ def _train(c, ctx, kv, group, log):
         num_classes = loader.dataset_info['num_classes']
         val_set = dict(val_set, **{HOLDOUT: _holdout_set(loader, image_size, c.seed)})
     source = resolve_model(c.pretrained) if c.pretrained else None
-    named = source is not None and source.kind == 'named'
-    emb_size = _named_backbone_emb_size(c, source, log) if named else c.emb_size
+    # A backbone other than FaceResNet: a named model, or a run fine-tuned from one.
+    other = source.backbone if source is not None else None
+    named = other is not None
+    emb_size = _other_backbone_emb_size(c, other, log) if named else c.emb_size
     # The chapter: Dropout(0.4) when there are at most 20000 identities.
     use_dropout = c.dropout if c.dropout is not None else (
         CHAPTER_DROPOUT if num_classes <= 20000 and not named else 0.0)
@@ -189,7 +191,7 @@ def _train(c, ctx, kv, group, log):
                              num_classes)
     # A backbone from InsightFace keeps the input normalisation it was trained with.
     input_norm = source.input_norm if source is not None else None
-    backbone = _named_backbone(c.pretrained, image_size) if named else None
+    backbone = _other_backbone(other, image_size) if named else None
     system = thread_info(num_workers)
     resolved = dict(input_norm=list(input_norm) if input_norm else None,
                     data_dir=data_dir, data_size=list(data_size), image_size=list(image_size),
@@ -211,7 +213,7 @@ def _train(c, ctx, kv, group, log):
            ', trained at %dx%d' % image_size if image_size != tuple(data_size) else '',
            ', '.join(c.val_targets) or 'none'))
     log('model: %s, %d-d embedding, dropout %g, %s head%s%s; devices: %s%s'
-        % (c.pretrained if named else 'FaceResNet-%d' % c.num_layers, emb_size, use_dropout,
+        % (other['backbone'] if named else 'FaceResNet-%d' % c.num_layers, emb_size, use_dropout,
            c.loss, ' %s' % margin if margin else '',
            ' split over the devices' if c.model_parallel else '', ', '.join(resolved['ctx']),
            '; %d workers (%s), %d images per worker and step'
@@ -271,7 +273,7 @@ def _train(c, ctx, kv, group, log):
     metrics = dict(epochs=history['epochs'], verification={})
     if not is_master:
         return metrics
-    name = c.pretrained if named else 'FaceResNet-%d' % num_layers
+    name = other['backbone'] if named else 'FaceResNet-%d' % num_layers
     plot_history(history, os.path.join(output, 'curves.png'), title='%s, %s' % (name, loss))
     if held:
         metrics['kept'] = _keep_best(net, options['checkpoint_dir'], ctx, log)
@@ -305,7 +307,7 @@ def _train(c, ctx, kv, group, log):
     metrics['skipped_images'] = [s._asdict() for s in getattr(loader, 'skipped', [])]
     write_json(os.path.join(output, 'metrics.json'), metrics)
     if c.export:
-        prefix = os.path.join(output, 'model', c.pretrained if named else
+        prefix = os.path.join(output, 'model', other['backbone'] if named else
                               'faceresnet%d' % num_layers)
         export_embedding_net(make_test_net(net), prefix, image_size)
         write_model_info(os.path.dirname(prefix), image_size, emb_size, num_layers,
@@ -342,29 +344,34 @@ def _holdout_set(loader, image_size, seed):
     return load_pairs(loader.face_dataset, items, image_size)
 
 
-def _named_backbone_emb_size(c, source, log):
-    size = source.emb_size
+def _other_backbone_emb_size(c, settings, log):
+    size = settings['emb_size']
     if c.emb_size != size and c.emb_size != TrainConfig.emb_size:
-        log('emb_size: %d, the size of %s (not %d)' % (size, c.pretrained, c.emb_size))
+        log('emb_size: %d, the size of %s (not %d)' % (size, settings['backbone'], c.emb_size))
     return size
 
 
-def _named_backbone(name, image_size):
-    """A factory of the named model's network for crops of ``image_size``."""
+def _other_backbone(settings, image_size):
+    """A factory of a named model's network (``ModelSource.backbone``) for crops of
+    ``image_size``, with the framing it was trained with."""
     import functools
     from ..nn.dlib_resnet import DlibResNet
-    from ..models.model_zoo import PRETRAINED_MODELS
+    keys = ('geometry', 'chip_size', 'mean_rgb')
     return functools.partial(DlibResNet, input_size=image_size,
-                             geometry=PRETRAINED_MODELS[name]['geometry'])
+                             **{k: settings[k] for k in keys if k in settings})
 
 
 def _load_pretrained(net, source):
     """Copy a pretrained backbone (a ModelSource) into ``net``; returns the file read."""
-    if source.kind != 'named':
-        return load_backbone(net, source.spec)
     from ..nn.dlib_resnet import convert_dat, load_weights
-    load_weights(net, convert_dat(source.path))
-    return '%s (%s)' % (source.spec, source.path)
+    if source.kind == 'named':
+        load_weights(net, convert_dat(source.path))
+        return '%s (%s)' % (source.spec, source.path)
+    if source.backbone:  # a run fine-tuned from a named model: its checkpoint, else its export
+        path = source.checkpoint or source.path
+        load_weights(net, path)
+        return path
+    return load_backbone(net, source.spec)
 
 
 def _verify_all(val_set, test_net, ctx, batch_size, log, what):

@@ -217,6 +217,11 @@ def test_verify_script_takes_the_name_and_dlib_itself(real_chips, tmp_path):
     out = run_script('verify.py', '--model', 'dlib-resnet-v1', '--data-dir', str(tmp_path),
                      '--targets', 'real', '--no-progress')
     assert out.returncode == 0 and 'real' in out.stdout, out.stderr[-2000:]
+    # A fixed framing and re-aligning every image are two answers to one question.
+    out = run_script('verify.py', '--model', 'dlib-resnet-v1', '--data-dir', str(tmp_path),
+                     '--targets', 'real', '--no-progress', '--align', 'landmarks',
+                     '--geometry', 'resize')
+    assert out.returncode != 0 and 'give one of them' in out.stderr, out.stderr[-2000:]
 
 
 def test_a_missing_weights_package_is_one_line(monkeypatch):
@@ -280,6 +285,17 @@ def test_recipe_finetune_runs_keeps_its_best_epoch_and_round_trips(tmp_path, syn
             assert getattr(again, key) == value, key
     net, size, _ = __import__('gluon_arcface').load_face_model(str(tmp_path / 'run'))
     assert size == (32, 32) and net(mx.np.zeros((1, 3, 32, 32))).shape == (1, 128)
+    # The run goes on as a starting point: --pretrained RUN begins from its kept weights (its
+    # zero-shot row is the first run's final one) with dlib's framing.
+    out = run_train('--recipe', 'finetune', '--pretrained', str(tmp_path / 'run'), '--data-dir',
+                    data, '--val-targets', SYNTHETIC_VAL, '--epochs', '1', '--batch-size', '16',
+                    '--no-progress', '--num-workers', '1', '--seed', '0', '--output',
+                    str(tmp_path / 'again'))
+    assert out.returncode == 0, out.stderr[-3000:]
+    second = json.load(open(tmp_path / 'again' / 'metrics.json'))['verification'][SYNTHETIC_VAL]
+    assert second['zero_shot_accuracy'] == pytest.approx(row['accuracy'], abs=1e-9)
+    config = json.load(open(tmp_path / 'again' / 'config.json'))
+    assert config['resolved']['backbone']['geometry'] == 'dlib-chip'
 
 
 def test_geometry_is_chosen_per_call_and_only_for_named_models(tmp_path):
