@@ -26,7 +26,10 @@ def build_parser():
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     a = sub.add_parser('pasted', help='detection rate and alignment error on pasted faces')
-    a.add_argument('--bin', help='paste the crops of this .bin (default: skimage\'s astronaut)')
+    a.add_argument('--bin', help='paste the crops of this .bin (default: --faces)')
+    a.add_argument('--faces', choices=('astronaut', 'portraits'), default='astronaut',
+                   help='without --bin: skimage\'s astronaut, or portraits: the astronaut and '
+                        'matplotlib\'s Grace Hopper in turn (default: astronaut)')
     a.add_argument('--count', type=int, default=200, help='frames (default: 200)')
     a.add_argument('--step', type=int, default=1, help='every STEP-th crop of --bin')
     a.add_argument('--seed', type=int, default=0)
@@ -48,6 +51,8 @@ def run_pasted(args):
     from gluon_arcface import pasted_faces as pf
     if args.bin:
         sources = pf.bin_sources(args.bin, limit=args.count, step=args.step)
+    elif args.faces == 'portraits':
+        sources = pf.portrait_sources()
     else:
         sources = [pf.astronaut_source()]
     residual = sum(pf.template_residual(s.landmarks) for s in sources) / len(sources)

@@ -21,7 +21,8 @@ import numpy as np
 
 from .align import estimate_similarity, reference_landmarks
 
-__all__ = ['Source', 'Frame', 'astronaut_source', 'bin_sources', 'background', 'paste',
+__all__ = ['Source', 'Frame', 'astronaut_source', 'photo_source', 'portrait_sources',
+           'bin_sources', 'background', 'paste',
            'make_frames', 'landmark_error', 'template_residual', 'evaluate', 'BACKGROUNDS']
 
 Source = collections.namedtuple('Source', 'image landmarks name')
@@ -49,10 +50,23 @@ def _crop_source(img, landmarks, name, margin=1.6):
 def astronaut_source():
     """skimage's astronaut (Eileen Collins), her face and shoulders, with dlib's landmarks."""
     import skimage.data
+    return photo_source(skimage.data.astronaut(), 'astronaut')
+
+
+def photo_source(img, name):
+    """The face of an RGB portrait with dlib's landmarks, and the head and shoulders around it."""
     from .detect import detect_faces
-    img = skimage.data.astronaut()
     face = detect_faces(img, 'hog', 1)[0]
-    return _crop_source(img, face.landmarks, 'astronaut')
+    return _crop_source(img, face.landmarks, name)
+
+
+def portrait_sources():
+    """Two real portraits that ship with the test dependencies: skimage's astronaut (Eileen
+    Collins, colour) and matplotlib's Grace Hopper (colour, a uniform in front of a flag)."""
+    import matplotlib.cbook
+    path = matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
+    hopper = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return [astronaut_source(), photo_source(hopper, 'grace_hopper')]
 
 
 def bin_sources(path, limit=None, step=1):

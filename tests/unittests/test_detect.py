@@ -218,6 +218,40 @@ def test_detect_in_worker_processes_gives_the_same_dataset(photo_tree, tmp_path)
         prepare.encoding_workers(0)
 
 
+def test_ordinary_portraits_in_many_versions_all_give_an_aligned_face(tmp_path):
+    """Two real uncropped portraits (head, shoulders, background), each in the versions a photo
+    folder has: colour and greyscale, large and small, mirrored, turned, recompressed, framed
+    by more background. Every one gives an aligned face; nothing is skipped."""
+    import matplotlib.cbook
+    import skimage.data
+    hopper = cv2.cvtColor(cv2.imread(str(matplotlib.cbook.get_sample_data(
+        'grace_hopper.jpg', asfileobj=False))), cv2.COLOR_BGR2RGB)
+    src = tmp_path / 'photos'
+    for name, photo in (('Collins', skimage.data.astronaut()), ('Hopper', hopper)):
+        h, w = photo.shape[:2]
+        versions = {
+            'colour': photo,
+            'grey': onp.repeat(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)[:, :, None], 3, 2),
+            'small': cv2.resize(photo, (w // 4, h // 4), interpolation=cv2.INTER_AREA),
+            'mirror': photo[:, ::-1],
+            'turned': cv2.warpAffine(photo, cv2.getRotationMatrix2D((w / 2, h / 2), 9, 1.0),
+                                     (w, h), borderMode=cv2.BORDER_REPLICATE),
+            'framed': cv2.copyMakeBorder(photo, h // 2, h // 3, w // 2, w, cv2.BORDER_REPLICATE),
+        }
+        (src / name).mkdir(parents=True)
+        for kind, img in versions.items():
+            ok, buf = cv2.imencode('.jpg', cv2.cvtColor(onp.ascontiguousarray(img),
+                                                        cv2.COLOR_RGB2BGR),
+                                   [int(cv2.IMWRITE_JPEG_QUALITY), 40])
+            (src / name / (kind + '.jpg')).write_bytes(buf.tobytes())
+    summary = prepare.prepare_dataset(src, tmp_path / 'data', detect='auto', progress=False)
+    assert summary['skipped'] == [] and summary['aligned'] == summary['images'] == 12
+    ds = gaf.FaceFolderDataset(str(tmp_path / 'data'))
+    for i in range(len(ds)):
+        crop = ds[i][0].asnumpy()
+        assert onp.abs(detect.crop_landmarks(crop) - ARCFACE_TEMPLATE).mean() < 6
+
+
 def test_interrupted_detect_run_leaves_nothing(photo_tree, tmp_path, monkeypatch):
     calls = []
     real = detect.find_face
