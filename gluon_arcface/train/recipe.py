@@ -187,6 +187,12 @@ def _train(c, ctx, kv, group, log):
     if named and c.amp:
         raise ConfigError('--amp runs a FaceResNet backbone in low precision; %s computes in '
                           'float32' % c.pretrained)
+    if named and c.backbone_lr_mult > 0.01:
+        # dlib's folded BatchNorm leaves its convolutions' gradients ~10x their weights: at
+        # 0.1x the head's rate fine-tuning diverged on Yale B (docs/pretrained.md).
+        log('warning: %s\'s backbone learns at %g x the head\'s rate; it is fine-tuned at 0.001 '
+            '(--recipe finetune, or --backbone-lr-mult 0.001 --freeze-epochs 1): at 0.1 it '
+            'diverged' % (other['backbone'], c.backbone_lr_mult))
     margin = margin_settings(c.loss, c.margin_s, c.margin_m, c.margin_a, c.margin_b,
                              num_classes)
     # A backbone from InsightFace keeps the input normalisation it was trained with.

@@ -298,6 +298,19 @@ def test_recipe_finetune_runs_keeps_its_best_epoch_and_round_trips(tmp_path, syn
     assert config['resolved']['backbone']['geometry'] == 'dlib-chip'
 
 
+def test_pretrained_dlib_at_the_full_backbone_rate_is_warned_about(tmp_path, synthetic_faces):
+    from test_cli import run_train  # noqa: E402 - the shared helper
+    from gluon_arcface.data.synthetic import SYNTHETIC_VAL
+    data = synthetic_faces(6, 4, 4, 6, 32, seed=5)
+    out = run_train('--pretrained', 'dlib-resnet-v1', '--data-dir', data, '--val-targets',
+                    SYNTHETIC_VAL, '--epochs', '1', '--batch-size', '8', '--lr', '0',
+                    '--no-progress', '--num-workers', '1', '--no-export', '--output',
+                    str(tmp_path / 'run'))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "warning: dlib-resnet-v1's backbone learns at 1 x the head's rate" in out.stdout
+    assert '--recipe finetune' in out.stdout
+
+
 def test_geometry_is_chosen_per_call_and_only_for_named_models(tmp_path):
     from gluon_arcface.runtime.errors import ConfigError
     from gluon_arcface.models.resolve import load_face_model
