@@ -64,7 +64,8 @@ def main(argv=None):
 
     def run():
         from gluon_arcface.runtime.devices import as_contexts
-        from gluon_arcface.eval.verification import format_table, verify_model
+        from gluon_arcface.eval.inference import verify_model
+        from gluon_arcface.eval.verification import format_table
         cli.get_logger()  # shows the pixel range chosen for the model, and why
         targets = [t for t in args.targets.split(',') if t.strip()]
         results = verify_model(args.model, targets, args.data_dir, as_contexts(args.ctx),

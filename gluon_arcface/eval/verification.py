@@ -11,7 +11,6 @@ booleans. Both protocols score the L2-normalised sum of the embeddings of all th
   at FAR=1e-3 and the ROC averaged over the folds.
 """
 import dataclasses
-import os
 
 from ..runtime import _mxnet  # noqa: F401  (NumPy semantics, first)
 import numpy as np
@@ -21,7 +20,7 @@ from ..nn.embed import compute_embeddings, image_views, l2_normalize, to_numpy
 __all__ = ['FACE_11_THRESHOLDS', 'ROC_THRESHOLDS', 'VAL_THRESHOLDS', 'VerificationResult',
            'best_threshold_accuracy', 'compute_embeddings', 'evaluate_embeddings', 'face_11',
            'format_table', 'kfold_roc', 'kfold_splits', 'kfold_val', 'l2_normalize',
-           'named_results',           'test_face_11', 'verify_model',
+           'named_results', 'test_face_11',
            'threshold_at_far', 'verify', 'verify_pixels']
 
 FACE_11_THRESHOLDS = np.arange(0, 1, 0.0025)  # cosine similarity (chapter)
@@ -355,73 +354,3 @@ def format_table(results, style='markdown'):
                              for i, (c, w) in enumerate(zip(row, widths))).rstrip()
         lines = [line(head), '  '.join('-' * w for w in widths)] + [line(row) for row in rows]
     return '\n'.join(lines) + '\n'
-
-
-def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=True, dtype=None,
-                 output=None, progress=True, baseline=False, input_range=None, align=None,
-                 geometry='default'):
-    """Verify a model on ``.bin`` sets as InsightFace's verification.py does -> ``{target:
-    VerificationResult}``.
-
-    ``model``: anything ``resolve.load_face_model`` takes (run folder, exported model,
-    InsightFace checkpoint ``PREFIX,EPOCH``, ``.onnx``) or a loaded network. ``targets``: names
-    (``<data_dir>/<name>.bin``) or paths of .bin files; images are resized to the model's input
-    size. ``flip``: add the mirror image's embedding (the protocol's default). ``baseline``:
-    also score the raw pixels (``<target> (raw pixels)``). ``output``: a folder for
-    ``verification.json`` and ``roc.png``. ``input_range`` (1 or 255): the pixel range a model
-    file takes, overriding what ``load_face_model`` decides (model.json, the graph's head,
-    else InsightFace's 0-255). ``align='landmarks'``: re-align every image from its own
-    landmarks (``detect.realign``, needs dlib) to the model's template first: dlib's 150x150
-    chip for dlib-resnet-v1 (then run without its in-graph framing), ArcFace's otherwise.
-    ``geometry``: a named model's framing of the crops (``model_zoo.get_pretrained``).
-    """
-    from ..data.binfile import load_bin
-    from ..runtime.fileio import write_json
-    from ..models.model_zoo import get_pretrained
-    from ..models.resolve import load_face_model, resolve_model
-    from ..runtime.errors import ConfigError
-    from .plotting import plot_roc
-    prepare = None
-    if align not in (None, 'landmarks'):
-        raise ValueError("align must be None or 'landmarks', got %r" % (align,))
-    if isinstance(model, (str, os.PathLike)):
-        src = resolve_model(model, input_range=input_range)
-        chip = src.kind in ('named', 'dlib-reference')  # dlib's network: dlib's own chip
-        if align and src.kind == 'named':
-            if geometry != 'default':
-                raise ConfigError('--geometry frames fixed crops; with --align landmarks every '
-                                  'image is re-aligned to dlib\'s chip instead: give one of them')
-            from ..nn.dlib_resnet import DLIB_CHIP_SIZE
-            image_size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)  # the chip replaces the framing
-            net, source = get_pretrained(src.spec, ctx, image_size, geometry=None), src.spec
-        else:
-            net, image_size, source = load_face_model(src, ctx, input_range=input_range,
-                                                      geometry=geometry)
-        if align:
-            import functools
-            from ..data.detect import realign
-            prepare = functools.partial(realign, template='dlib-chip' if chip else 'arcface',
-                                        image_size=image_size)
-    elif input_range is not None:
-        raise ValueError('input_range applies to a model file, not to a loaded network')
-    else:
-        net, image_size, source = model, (112, 112), repr(model)
-    results = {}
-    for target in targets:
-        path = target if str(target).endswith('.bin') else os.path.join(data_dir or '.',
-                                                                         target + '.bin')
-        name = os.path.basename(path)[:-4]
-        data_list, issame = load_bin(path, image_size, prepare, progress=bool(
-            progress and prepare))
-        data_set = (data_list if flip else data_list[:1], issame)
-        results[name] = verify(data_set, net, ctx, batch_size, dtype=dtype,
-                               progress=name if progress else False)
-        if baseline:
-            results[name + ' (raw pixels)'] = verify_pixels(data_set)
-    if output and results:
-        os.makedirs(output, exist_ok=True)
-        write_json(os.path.join(output, 'verification.json'), dict(
-            model=str(source), image_size=list(image_size), flip=flip,
-            targets={n: r.as_dict() for n, r in results.items()}))
-        plot_roc(results, os.path.join(output, 'roc.png'))
-    return results
