@@ -54,11 +54,11 @@ def main(argv=None):
         cli.get_logger()  # shows the pixel range chosen for an InsightFace model, and why
         net, image_size = gaf.faceresnet_from_model(args.model, input_range=args.input_range)
         if args.onnx:
-            interop.export_onnx(net, args.onnx, image_size)
+            gaf.export_onnx(net, args.onnx, image_size)
             print('wrote %s (input: RGB 0-255, %dx%d)' % ((args.onnx,) + tuple(image_size)))
             if args.check:
                 print('largest |onnxruntime - MXNet| on the embeddings: %.3g (largest '
-                      'embedding value %.3g)' % interop.compare_onnx(net, args.onnx, image_size))
+                      'embedding value %.3g)' % gaf.compare_onnx(net, args.onnx, image_size))
         if args.mxnet:
             interop.export_embedding_net(net, args.mxnet, image_size, dtype=args.dtype)
             interop.write_model_info(

@@ -31,7 +31,8 @@ from ..runtime.errors import CheckpointError, ConfigError
 from . import model_zoo
 from .checkpoint import latest_checkpoint
 from .interop import (INSIGHTFACE_INPUT_NORM, check_input_range, input_range_of, load_embedding_net,
-                      load_onnx, model_image_size, read_model_info)
+                      model_image_size, read_model_info)
+from .onnx_io import load_onnx
 
 __all__ = ['ModelSource', 'KINDS', 'resolve_model', 'load_face_model']
 

@@ -53,7 +53,7 @@ def compute_embeddings(data_list, net, ctx=None, batch_size=512, fast=True, norm
         mxnet, values in [0, 1]; fed as float32.
     net : block or callable
         ``net(x) -> (n, D)``: a TestBlock, FaceResNet, loaded model, or e.g.
-        ``interop.OnnxEmbeddingNet``.
+        ``onnx_io.OnnxEmbeddingNet``.
     ctx : Context, list or str, optional
         Devices (``devices.as_contexts``; None: where ``net``'s parameters are).
     batch_size : int

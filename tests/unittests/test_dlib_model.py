@@ -127,7 +127,7 @@ def test_the_block_equals_dlib_on_real_chips(real_chips, dat_path):
 
 
 def test_the_onnx_export_equals_dlib(real_chips, dat_path, tmp_path):
-    from gluon_arcface.models.interop import export_onnx, load_onnx
+    from gluon_arcface.models.onnx_io import export_onnx, load_onnx
     net = dlib_resnet.load_dlib_resnet(dat_path)
     path = export_onnx(net, str(tmp_path / 'dlib.onnx'), (150, 150))
     ours = load_onnx(path)(_as_input(real_chips)).asnumpy()
