@@ -44,7 +44,8 @@ _EXPORTS = {
                  'list_val_targets'],
     'hub': ['DATA_HUB', 'GENERATED', 'download', 'download_extract', 'get_data_home'],
     'align': ['ARCFACE_TEMPLATE', 'align_face', 'estimate_similarity'],
-    'prepare': ['prepare_dataset', 'bin_from_pairs', 'sample_pairs', 'check_dataset'],
+    'prepare': ['prepare_dataset', 'bin_from_pairs', 'sample_pairs'],
+    'check': ['check_dataset', 'rebuild_index'],
     'embed': ['compute_embeddings', 'l2_normalize'],
     'verification': ['VerificationResult', 'test_face_11', 'verify',
                      'evaluate_embeddings', 'format_table', 'verify_pixels'],
@@ -76,7 +77,7 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # The modules by stage (subpackage); gaf.<module> is gluon_arcface.<stage>.<module>.
 _STAGES = {
     'runtime': ('cli', 'devices', 'errors', 'fileio', 'threads'),
-    'data': ('align', 'augment', 'binfile', 'datasets', 'detect', 'hub', 'images',
+    'data': ('align', 'augment', 'binfile', 'check', 'datasets', 'detect', 'hub', 'images',
              'pasted_faces', 'prepare', 'recordio', 'synthetic'),
     'nn': ('dlib_dat', 'dlib_resnet', 'embed', 'margin', 'model', 'precision'),
     'models': ('checkpoint', 'interop', 'model_zoo', 'onnx_io', 'pretrained', 'resolve'),

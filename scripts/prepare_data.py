@@ -105,7 +105,7 @@ def main(argv=None):
 
 
 def run(args):
-    from gluon_arcface import prepare
+    from gluon_arcface import check, prepare
     if args.command == 'folders':
         summary = prepare.prepare_dataset(
             args.src, args.out, image_size=args.image_size, formats=args.formats,
@@ -122,14 +122,14 @@ def run(args):
             overwrite=args.overwrite, progress=not args.no_progress)
         print(prepare.format_summary(summary))
     elif args.command == 'index':
-        idx_path, count, old = prepare.rebuild_index(args.rec)
+        idx_path, count, old = check.rebuild_index(args.rec)
         print('wrote %s: %d records' % (idx_path, count))
         if old:
             print('the previous index differed; kept it as %s' % old)
     else:
-        report = prepare.check_dataset(args.data_dir, max_errors=args.max_errors,
+        report = check.check_dataset(args.data_dir, max_errors=args.max_errors,
                                        progress=not args.no_progress)
-        print(prepare.format_check_report(report))
+        print(check.format_check_report(report))
         return 1 if report['num_errors'] else 0
     return 0
 

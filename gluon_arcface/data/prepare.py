@@ -1,11 +1,12 @@
-"""Turn a user's own face photos into the standard dataset layout, and check a dataset.
+"""Turn a user's own face photos into the standard dataset layout.
 
 * ``prepare_dataset``: one folder per person (any names, LFW style ``Name/Name_0001.jpg``) ->
   ``%08d`` identity folders and/or ``train.rec`` + ``train.idx`` (InsightFace layout), ``property``,
   ``identities.tsv`` and optionally a verification ``<val_name>.bin`` sampled from held-out people.
 * ``bin_from_pairs``: a verification ``.bin`` from an LFW-style ``pairs.txt``.
 * ``sample_pairs``: the deterministic same/different pair sampler.
-* ``check_dataset``: decode every image and load every ``.bin`` of a dataset folder.
+
+Checking a dataset folder afterwards: :mod:`gluon_arcface.data.check`.
 
 Images are decoded to RGB with OpenCV, aligned to the ArcFace template when landmarks are given
 or faces are detected (``detect``: dlib, :mod:`gluon_arcface.data.detect`; else resized), and
@@ -27,17 +28,16 @@ import numpy as np
 from tqdm import tqdm
 
 from .align import _image_size, align_face, check_landmarks
-from .binfile import load_bin, write_bin
+from .binfile import write_bin
 from .images import decode_image, resize_face
-from .datasets import (IMAGE_EXTENSIONS, FaceFolderDataset, FaceRecordDataset, list_val_targets,
-                       read_facerec_meta, write_property)
+from .datasets import (IMAGE_EXTENSIONS, write_property)
 from ..runtime.errors import FaceDataError, ImageDecodeError
 from ..runtime.fileio import write_text
-from .recordio import FaceRecWriter, build_index, scan_records
+from .recordio import FaceRecWriter
 
 __all__ = ['prepare_dataset', 'bin_from_pairs', 'sample_pairs', 'read_landmarks', 'read_pairs',
-           'scan_identities', 'check_dataset', 'rebuild_index', 'format_summary',
-           'format_check_report', 'encoding_workers', 'FORMATS', 'DEFAULT_MAX_PAIRS']
+           'scan_identities', 'format_summary', 'encoding_workers', 'FORMATS',
+           'DEFAULT_MAX_PAIRS']
 
 FORMATS = ('rec', 'folders')
 #: Same (and as many different) pairs sampled at most when ``num_pairs`` is None (LFW has 3000).
@@ -699,162 +699,6 @@ def bin_from_pairs(pairs_txt, image_root, out_path, image_size=(112, 112), landm
         ('image_size', image_size), ('resized', encoder.resized), ('aligned', encoder.aligned)])
 
 
-def rebuild_index(rec_path, idx_path=None):
-    """Rewrite the ``.idx`` of ``rec_path`` by scanning its records (keys 0, 1, ... in file order).
-
-    A previous ``.idx`` that differs from the new one is kept as ``<idx>.old-<id>``.
-    Returns ``(idx_path, number of records, path of the kept old index or None)``.
-    """
-    rec_path = os.fspath(rec_path)
-    if not os.path.isfile(rec_path):
-        raise FaceDataError(rec_path, 'RecordIO file not found')
-    idx_path = os.fspath(idx_path) if idx_path else os.path.splitext(rec_path)[0] + '.idx'
-    backup = None
-    if os.path.isfile(idx_path):
-        backup = '%s.old-%s' % (idx_path, uuid.uuid4().hex[:8])
-        shutil.copy2(idx_path, backup)
-    try:
-        count = build_index(rec_path, idx_path)
-    except BaseException:
-        if backup:
-            os.remove(backup)  # build_index leaves the old .idx in place when it fails
-        raise
-    if backup:
-        with open(backup, 'rb') as old, open(idx_path, 'rb') as new:
-            if old.read() == new.read():
-                os.remove(backup)
-                backup = None
-    return idx_path, count, backup
-
-
-# ----------------------------------------------------------------------------- check
-
-def _read_image_count(data_dir):
-    """The image count on line 2 of ``property`` (None when absent or not a number)."""
-    with open(os.path.join(data_dir, 'property')) as f:
-        lines = f.read().splitlines()
-    try:
-        return int(lines[1].strip())
-    except (IndexError, ValueError):
-        return None
-
-
-def check_dataset(data_dir, max_errors=20, progress=True):
-    """Decode every training image and load every ``.bin`` of a dataset folder.
-
-    Reads ``property``, opens ``train.rec`` and/or the ``%08d`` folders with the ``num_classes``
-    and image size from it, checks each image's label and size (and for ``train.rec`` that the
-    identity ranges of the header agree with the labels), and loads each ``<name>.bin``.
-    Returns a dict: ``errors`` (the first ``max_errors`` messages), ``num_errors``, ``warnings``,
-    ``layouts`` ({'train.rec' / 'folders': images}), ``bins`` ({name: pairs}), ``num_classes``,
-    ``image_size``. The dataset is fine when ``num_errors == 0``.
-    """
-    data_dir = os.fspath(data_dir)
-    report = collections.OrderedDict([
-        ('data_dir', data_dir), ('num_classes', None), ('image_size', None),
-        ('layouts', collections.OrderedDict()), ('bins', collections.OrderedDict()),
-        ('errors', []), ('num_errors', 0), ('warnings', [])])
-
-    def error(msg):
-        report['num_errors'] += 1
-        if len(report['errors']) < max_errors:
-            report['errors'].append(str(msg))
-
-    if not os.path.isdir(data_dir):
-        error(FaceDataError(data_dir, 'dataset folder not found'))
-        return report
-    try:
-        image_size, num_classes = read_facerec_meta(data_dir)
-        count = _read_image_count(data_dir)
-    except FaceDataError as e:
-        error(e)
-        return report
-    report['num_classes'], report['image_size'] = num_classes, image_size
-    datasets = []
-    rec_path = os.path.join(data_dir, 'train.rec')
-    if os.path.isfile(rec_path):
-        try:
-            datasets.append(('train.rec', FaceRecordDataset(
-                rec_path, num_classes=num_classes, image_size=image_size)))
-        except FaceDataError as e:
-            error(e)
-            report['layouts']['train.rec'] = None
-    if any(n.isdigit() and os.path.isdir(os.path.join(data_dir, n))
-           for n in os.listdir(data_dir)):
-        try:
-            datasets.append(('folders', FaceFolderDataset(
-                data_dir, num_classes=num_classes, image_size=image_size)))
-        except FaceDataError as e:
-            error(e)
-            report['layouts']['folders'] = None
-    if not datasets and not report['layouts']:
-        error(FaceDataError(data_dir, 'no training images: expected train.rec + train.idx or '
-                            '%08d identity folders beside property'))
-    for layout, ds in datasets:
-        labels = {}
-        with _bar(len(ds), 'check %s' % layout, progress) as bar:
-            for i in range(len(ds)):
-                try:
-                    labels[i] = ds[i][1]
-                except (FaceDataError, OSError) as e:
-                    error(e)
-                bar.update()
-        report['layouts'][layout] = len(ds)
-        if count is not None and count != len(ds):
-            error(FaceDataError(os.path.join(data_dir, 'property'), 'line 2 says %d images, %s '
-                                'holds %d' % (count, layout, len(ds)), line=2))
-        seen = set(labels.values())
-        if len(labels) == len(ds) and len(seen) != num_classes:
-            report['warnings'].append('%s: %d of the %d classes of property have images'
-                                      % (layout, len(seen), num_classes))
-        if layout == 'train.rec':
-            _check_index(ds.reader, error)
-            if ds.identity_ranges is not None:
-                _check_ranges(ds, labels, error)
-    for name in list_val_targets(data_dir):
-        try:
-            _, issame = load_bin(os.path.join(data_dir, name + '.bin'), image_size)
-            report['bins'][name] = len(issame)
-        except FaceDataError as e:
-            error(e)
-            report['bins'][name] = None
-    return report
-
-
-def _check_index(reader, error):
-    """Every ``.idx`` offset must start a record of the ``.rec``, and every record be indexed."""
-    try:
-        starts = [offset for offset, _ in scan_records(reader.rec_path)]
-    except FaceDataError as e:
-        error(e)
-        return
-    start_set, by_offset = set(starts), {}
-    for key, offset in reader.index.items():
-        if offset not in start_set:
-            error(FaceDataError(reader.idx_path, 'key %d points at byte %d, which is not the start '
-                                'of a record of %s' % (key, offset, reader.rec_path)))
-        elif offset in by_offset:
-            error(FaceDataError(reader.idx_path, 'keys %d and %d both point at byte %d'
-                                % (by_offset[offset], key, offset)))
-        by_offset.setdefault(offset, key)
-    missing = start_set.difference(by_offset)
-    if missing:
-        error(FaceDataError(reader.idx_path, '%d record(s) of %s are not in the index, e.g. the '
-                            'one at byte %d (rebuild it: prepare_data.py index)'
-                            % (len(missing), reader.rec_path, min(missing))))
-
-
-def _check_ranges(ds, labels, error):
-    """Each identity record's key range [start, end) must hold exactly that class's images."""
-    key_label = {ds.keys[i]: lab for i, lab in labels.items()}
-    for class_id, (lo, hi) in sorted(ds.identity_ranges.items()):
-        wrong = [k for k in range(lo, hi) if k in key_label and key_label[k] != class_id]
-        if wrong:
-            error(FaceDataError(ds.rec_path, 'identity record of class %d gives keys [%d, %d), '
-                                'but key %d has label %d' % (class_id, lo, hi, wrong[0],
-                                                             key_label[wrong[0]])))
-
-
 # ----------------------------------------------------------------------------- reports
 
 def format_summary(summary):
@@ -918,22 +762,3 @@ def _reason_kind(reason):
 def _shorten(items, n=10):
     items = list(items)
     return ', '.join(items[:n]) + (', ... (%d more)' % (len(items) - n) if len(items) > n else '')
-
-
-def format_check_report(report):
-    """Human-readable lines for the dict ``check_dataset`` returns."""
-    lines = ['%s: %s' % (report['data_dir'], 'OK' if not report['num_errors'] else
-                         '%d problem(s)' % report['num_errors'])]
-    if report['num_classes'] is not None:
-        lines.append('property: %d classes, %dx%d' % (report['num_classes'],
-                                                       *report['image_size']))
-    for layout, n in report['layouts'].items():
-        lines.append('%s: %s' % (layout, 'unreadable' if n is None else '%d images' % n))
-    for name, n in report['bins'].items():
-        lines.append('%s.bin: %s' % (name, 'unreadable' if n is None else '%d pairs' % n))
-    lines.extend('warning: %s' % w for w in report['warnings'])
-    lines.extend('error: %s' % e for e in report['errors'])
-    if report['num_errors'] > len(report['errors']):
-        lines.append('... %d more error(s)' % (report['num_errors'] - len(report['errors'])))
-    return '\n'.join(lines)
-

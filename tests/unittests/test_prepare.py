@@ -13,7 +13,7 @@ import pytest
 
 import mxnet as mx
 
-from gluon_arcface import prepare
+from gluon_arcface import check, prepare
 from gluon_arcface.data.align import (ARCFACE_TEMPLATE, align_face, check_landmarks,
                                  estimate_similarity, reference_landmarks)
 from gluon_arcface.data.binfile import load_bin, read_bin
@@ -403,7 +403,7 @@ def test_script_subcommands_and_check(lfw, tmp_path, capsys):
     kept = [f for f in os.listdir(out) if f.startswith('train.idx.old-')]
     assert len(kept) == 1 and 'kept it as' in capsys.readouterr().out
     os.remove(out / kept[0])
-    assert prepare.rebuild_index(str(out / 'train.rec')) == (str(idx), 15, None)
+    assert check.rebuild_index(str(out / 'train.rec')) == (str(idx), 15, None)
     assert script.main(['check', str(out), '--no-progress']) == 0
 
     # A flipped byte in an image of the .rec (the JPEG start marker) -> check fails.
