@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .align import _image_size, align_face, check_landmarks
 from .binfile import write_bin
 from .images import decode_image, resize_face
-from .datasets import (IMAGE_EXTENSIONS, write_property)
+from .datasets import IMAGE_EXTENSIONS, write_property
 from ..runtime.errors import FaceDataError, ImageDecodeError
 from ..runtime.fileio import write_text
 from .recordio import FaceRecWriter
@@ -272,10 +272,11 @@ def _start_worker(encoder):
     cv2.setNumThreads(1)  # one process per core already
 
 
-def _encode_or_error(task):
-    """``((bytes, how), None)`` or ``(None, FaceDataError)``: errors travel back in order."""
+def _encode_or_error(task, encoder=None):
+    """``((bytes, how), None)`` or ``(None, FaceDataError)``: errors travel back in order.
+    ``encoder``: the one to use (default: the worker process's)."""
     try:
-        return _worker_encoder.encode(*task), None
+        return (encoder or _worker_encoder).encode(*task), None
     except FaceDataError as e:
         return None, e
 
@@ -296,11 +297,9 @@ def encoding_workers(workers=None, num_photos=None):
 def _encoded_in_order(encoder, tasks, workers):
     """Yield ``_encode_or_error`` of each ``(path, rel)`` task, in order, over ``workers``
     processes (spawned: MXNet's and dlib's threads do not survive a fork)."""
-    global _worker_encoder
     if workers <= 1 or len(tasks) <= 1:
-        _worker_encoder = encoder
         for task in tasks:
-            yield _encode_or_error(task)
+            yield _encode_or_error(task, encoder)
         return
     import multiprocessing
     with multiprocessing.get_context('spawn').Pool(

@@ -25,9 +25,9 @@ from mxnet import npx
 
 from ..nn.model import FaceResNet, backbone_of, faceresnet_spec
 from ..runtime.devices import as_contexts
-from ..runtime.errors import CheckpointError, ConfigError
-from .interop import check_input_range, faceresnet_from_insightface
-from .resolve import resolve_model
+from ..runtime.errors import CheckpointError
+from .interop import faceresnet_from_insightface
+from .resolve import ModelSource, refuse_range_255, resolve_model
 
 __all__ = ['find_backbone_file', 'backbone_input_norm', 'load_backbone',
            'faceresnet_from_model']
@@ -36,13 +36,18 @@ _DENSE = re.compile(r'^output\.\d+\.(weight|bias)$')  # the embedding layer (ind
 _PREFIX = re.compile(r'^.*?faceresnet\d+_')            # the optional Dropout)
 
 
+def _resolved(source):
+    return source if isinstance(source, ModelSource) else resolve_model(source)
+
+
 def find_backbone_file(source):
     """``(params file, kind)`` of the weights a backbone is copied from: kind is
     ``'structural'`` (a checkpoint; a run folder's best or latest one first), ``'exported'``
     (``export_embedding_net``'s layout) or ``'insightface'``; ``source`` as
-    :func:`~gluon_arcface.models.resolve.resolve_model` takes it (``PREFIX,EPOCH`` too).
-    CheckpointError when nothing fits or the source holds no FaceResNet weights."""
-    src = resolve_model(source)
+    :func:`~gluon_arcface.models.resolve.resolve_model` takes it (``PREFIX,EPOCH`` too), or a
+    :class:`~gluon_arcface.models.resolve.ModelSource`. CheckpointError when nothing fits or
+    the source holds no FaceResNet weights."""
+    src = _resolved(source)
     if src.checkpoint:
         return src.checkpoint, 'structural'
     if src.kind in ('exported', 'insightface'):
@@ -56,7 +61,7 @@ def backbone_input_norm(source):
     """The ``input_norm`` (mean, scale) a backbone from ``source`` needs (None: the package's
     plain [0, 1] input): InsightFace's normalisation for its checkpoints, else what the run's
     config.json or the export's model.json recorded."""
-    return resolve_model(source).input_norm
+    return _resolved(source).input_norm
 
 
 def _backbone(net):
@@ -80,11 +85,13 @@ def load_backbone(net, source, ctx=None):
     """Copy a trained FaceResNet's parameters from ``source`` into ``net``'s backbone.
 
     ``net``: a TrainBlock, FeatBlock, TestBlock or FaceResNet (its head, if any, is not
-    touched). ``source``: a run folder, a checkpoint or an exported model (module notes).
-    Returns the file read. Raises CheckpointError when the file is not such a model, or when a
-    parameter is missing or has another shape (naming both shapes).
+    touched). ``source``: a run folder, a checkpoint or an exported model (module notes), or
+    its :class:`~gluon_arcface.models.resolve.ModelSource`. Returns the file read. Raises
+    CheckpointError when the file is not such a model, or when a parameter is missing or has
+    another shape (naming both shapes).
     """
-    path, kind = find_backbone_file(source)
+    src = _resolved(source)
+    path, kind = find_backbone_file(src)
     backbone = _backbone(net)
     if kind == 'insightface':  # mapped into a FaceResNet first, then copied like a checkpoint
         stem, epoch = re.match(r'^(.*)-(\d{4})\.params$', path).groups()
@@ -97,7 +104,7 @@ def load_backbone(net, source, ctx=None):
         except Exception as e:  # noqa: BLE001 - MXNet reports unreadable files variously
             raise CheckpointError('%s is unreadable (truncated or not an MXNet parameter file): '
                                   '%s' % (path, str(e).splitlines()[0][:200])) from None
-        source_norm = backbone_input_norm(source)
+        source_norm = src.input_norm
     if tuple(source_norm or ()) != tuple(backbone.input_norm or ()):
         raise CheckpointError('%s was trained on inputs normalised as (x - mean) * scale with '
                               '(mean, scale) = %s; this network uses %s: build it with '
@@ -143,7 +150,6 @@ def faceresnet_from_model(spec, ctx=None, input_range=None):
     :func:`input_range_of`; the package's own models take [0, 1], so 255 is an error for them.
     """
     from . import model_zoo
-    check_input_range(input_range)
     src = resolve_model(spec, input_range=input_range)
     if src.kind == 'named':
         return model_zoo.get_pretrained(src.spec, ctx), src.image_size
@@ -154,10 +160,7 @@ def faceresnet_from_model(spec, ctx=None, input_range=None):
     if src.kind not in ('exported', 'checkpoint'):
         raise CheckpointError('%s: a %s model cannot be rebuilt as a trainable network'
                               % (spec, src.kind))
-    if input_range == 255:
-        raise ConfigError('%s is a model of this package, which takes RGB in [0, 1] (its '
-                          'input_norm says the rest); input range 255 applies only to an '
-                          'InsightFace checkpoint' % src.path)
+    refuse_range_255(src.path, input_range)
     info = src.info
     if src.backbone:  # fine-tuned from a named model
         from ..nn.dlib_resnet import dlib_resnet_from_file

@@ -34,7 +34,7 @@ from .interop import (INSIGHTFACE_INPUT_NORM, check_input_range, input_range_of,
                       model_image_size, read_model_info)
 from .onnx_io import load_onnx
 
-__all__ = ['ModelSource', 'KINDS', 'resolve_model', 'load_face_model']
+__all__ = ['ModelSource', 'KINDS', 'resolve_model', 'load_face_model', 'refuse_range_255']
 
 #: What a :class:`ModelSource` can be.
 KINDS = ('named', 'dlib-reference', 'onnx', 'exported', 'insightface', 'checkpoint')
@@ -145,8 +145,9 @@ def _graph_model(spec, prefix, epoch, input_range, checkpoint=None):
     insightface = _is_insightface(prefix)
     info = read_model_info(prefix) or {}
     norm = INSIGHTFACE_INPUT_NORM if insightface else info.get('input_norm')
-    if checkpoint and _run_settings(checkpoint):  # what fine-tuning copies: the checkpoint's
-        norm = _run_settings(checkpoint).get('input_norm')
+    settings = _run_settings(checkpoint) if checkpoint else {}
+    if settings:  # what fine-tuning copies: the checkpoint's
+        norm = settings.get('input_norm')
     return ModelSource(
         spec, 'insightface' if insightface else 'exported', path, prefix, epoch, checkpoint,
         model_image_size(prefix, path), info.get('emb_size'),
@@ -196,11 +197,17 @@ def resolve_model(spec, epoch=None, input_range=None):
     return _graph_model(spec, path, epoch, input_range)
 
 
-def _checkpoint_source(spec, path, input_range):
+def refuse_range_255(path, input_range):
+    """ConfigError for ``input_range=255`` on a model of this package (``path``), which takes
+    RGB in [0, 1]."""
     if input_range == 255:
         raise ConfigError('%s is a model of this package, which takes RGB in [0, 1] (its '
                           'input_norm says the rest); input range 255 applies only to an '
                           'InsightFace checkpoint' % path)
+
+
+def _checkpoint_source(spec, path, input_range):
+    refuse_range_255(path, input_range)
     settings = _run_settings(path)
     norm = settings.get('input_norm')
     size = settings.get('image_size')

@@ -377,7 +377,7 @@ def _load_pretrained(net, source):
         path = source.checkpoint or source.path
         load_weights(net, path)
         return path
-    return load_backbone(net, source.spec)
+    return load_backbone(net, source)
 
 
 def _verify_all(val_set, test_net, ctx, batch_size, log, what):
