@@ -26,7 +26,7 @@ import requests
 from tqdm import tqdm
 
 from ..runtime.errors import (ChecksumError, DownloadError, FaceDataError, UnknownDatasetError,
-                     UnsafeArchiveError)
+                              UnsafeArchiveError)
 from ..runtime.fileio import atomic_write, write_json
 
 __all__ = ['DATA_HUB', 'DATA_URL', 'GENERATED', 'UnknownDatasetError', 'download',

@@ -44,7 +44,7 @@ from ..runtime.devices import as_contexts
 from ..runtime.errors import CheckpointError
 from ..runtime.fileio import atomic_write, write_json
 from ..nn.model import (BN_EPS, FaceResNet, backbone_of, compute_dtype_of, depth_of_units,
-                    faceresnet_spec, set_compute_dtype)
+                        faceresnet_spec, set_compute_dtype)
 
 __all__ = ['INSIGHTFACE_INPUT_NORM', 'export_embedding_net', 'load_embedding_net',
            'PixelRange', 'insightface_names', 'faceresnet_from_insightface', 'ir_symbol',
