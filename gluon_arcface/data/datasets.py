@@ -24,7 +24,8 @@ from ..runtime.errors import FaceDataError, ImageDecodeError
 from ..runtime.fileio import write_text
 from .recordio import KeySequence, RecordReader
 
-__all__ = ['read_facerec_meta', 'write_property', 'FaceFolderDataset', 'FaceRecordDataset',
+__all__ = ['read_facerec_meta', 'write_property', 'open_face_dataset', 'FaceFolderDataset',
+           'FaceRecordDataset',
            'FaceTrainTransform', 'FaceDataLoader', 'SkippedImage', 'load_data_face_rec',
            'list_val_targets', 'IMAGE_EXTENSIONS', 'load_pairs']
 
@@ -413,6 +414,19 @@ class FaceDataLoader(gluon.data.DataLoader):
         return self.face_dataset.skipped
 
 
+def open_face_dataset(data_dir, skip_bad=False):
+    """A dataset folder's images as a FaceRecordDataset (``train.rec`` + ``train.idx``) or a
+    FaceFolderDataset (identity folders), checked against its ``property``; ``ds[i]`` is (RGB
+    uint8 (H, W, 3), class id)."""
+    image_size, num_classes = read_facerec_meta(data_dir)
+    rec_path = os.path.join(data_dir, 'train.rec')
+    if os.path.isfile(rec_path):
+        return FaceRecordDataset(rec_path, num_classes=num_classes, image_size=image_size,
+                                 skip_bad=skip_bad)
+    return FaceFolderDataset(data_dir, num_classes=num_classes, image_size=image_size,
+                             skip_bad=skip_bad)
+
+
 def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle=True,
                        skip_bad=False, num_parts=1, part_index=0, thread_pool=True, seed=None,
                        augment=None, image_size=None, exclude_identities=()):
@@ -436,14 +450,8 @@ def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle
     ``loader.dataset_info['num_classes']`` counts them and ``['held_out']`` maps each excluded
     id to its item indices in ``loader.face_dataset`` (see :func:`load_pairs`).
     """
-    image_size_prop, num_classes = read_facerec_meta(data_dir)
-    rec_path = os.path.join(data_dir, 'train.rec')
-    if os.path.isfile(rec_path):
-        dataset = FaceRecordDataset(rec_path, num_classes=num_classes, image_size=image_size_prop,
-                                    skip_bad=skip_bad)
-    else:
-        dataset = FaceFolderDataset(data_dir, num_classes=num_classes, image_size=image_size_prop,
-                                    skip_bad=skip_bad)
+    dataset = open_face_dataset(data_dir, skip_bad)
+    image_size_prop, num_classes = dataset.image_size, dataset.num_classes
     face_dataset = dataset
     if len(dataset) == 0:
         raise FaceDataError(dataset.source, 'no training images: expected train.rec + train.idx '

@@ -26,7 +26,8 @@ from ..nn.embed import compute_embeddings, l2_normalize
 
 __all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine_similarity',
            'compare_faces', 'FaceEmbedder', 'load_photo', 'photo_faces', 'embed_photos',
-           'compare_photos', 'PhotoComparison', 'DEFAULT_THRESHOLDS', 'verify_model']
+           'compare_photos', 'PhotoComparison', 'DEFAULT_THRESHOLDS', 'verify_model',
+           'landmark_model', 'model_record']
 
 #: Cosine thresholds of named pretrained models that have none in their model.json, measured
 #: (docs/own_photos.md, "From your photos to a dataset"): dlib-resnet-v1's is the mean 10-fold
@@ -96,28 +97,51 @@ class FaceEmbedder:
 
     ``threshold`` is a cosine similarity (from verification); ``embed(images or paths)`` returns
     normalised (N, D) embeddings; ``compare(a, b)`` returns ``(similarity, same)``.
+    ``template``: how a face with landmarks becomes the network's input (:meth:`embed_faces`,
+    :meth:`embed_crops`): 'arcface' (ArcFace's five-point template at ``image_size``) or
+    'dlib-chip' (dlib's 150x150 chip, for dlib's network run without its in-graph framing).
+    ``model``: what the embeddings come from (:meth:`model_record`).
     """
 
-    def __init__(self, net, image_size=(112, 112), threshold=None, ctx=None):
+    def __init__(self, net, image_size=(112, 112), threshold=None, ctx=None, template='arcface',
+                 model=None):
         self.net, self.image_size, self.threshold = net, tuple(image_size), threshold
         self.ctx = as_contexts(ctx, net)[0]
+        self.template = template
+        self.model = dict(model or {})
 
     @classmethod
-    def load(cls, model, image_size=None, threshold=None, ctx=None, epoch=None):
+    def load(cls, model, image_size=None, threshold=None, ctx=None, epoch=None, align=None):
         """From anything :func:`~gluon_arcface.models.resolve.load_face_model` takes (a run
         folder, a named pretrained model, an exported model, an InsightFace checkpoint, an .onnx
         file). The input size comes from the model and the threshold from its ``model.json``
-        (when it holds one verification set's) unless given."""
+        (when it holds one verification set's) unless given. ``align='landmarks'``: faces
+        reach the network aligned from their own landmarks to its native template (dlib's
+        chip for dlib's network, ArcFace's otherwise; see :func:`landmark_model`), as
+        ``verify.py --align landmarks`` does."""
         from ..models.interop import read_model_info
-        from ..models.resolve import load_face_model
-        net, model_size, source = load_face_model(model, ctx, epoch)
+        from ..models.resolve import load_face_model, resolve_model
+        if align not in (None, 'landmarks'):
+            raise ValueError("align must be None or 'landmarks', got %r" % (align,))
+        src = resolve_model(model, epoch)
+        if align:
+            net, model_size, template, source = landmark_model(src, ctx)
+        else:
+            net, model_size, source = load_face_model(src, ctx)
+            template = 'arcface'
         if threshold is None and not source.lower().endswith('.onnx'):
             thresholds = (read_model_info(source) or {}).get('cos_threshold') or {}
             if len(thresholds) == 1:
                 threshold = float(next(iter(thresholds.values())))
-        if threshold is None and isinstance(model, str):
+        if threshold is None and isinstance(model, str) and not align:
             threshold = DEFAULT_THRESHOLDS.get(model)
-        return cls(net, image_size or model_size, threshold, ctx)
+        size = tuple(image_size or model_size)
+        return cls(net, size, threshold, ctx, template, model_record(src, template, size))
+
+    def model_record(self):
+        """What a gallery records of this embedder's model (name, weights' SHA-1, framing,
+        input size, embedding size); ``{}`` for a network not loaded from a file."""
+        return dict(self.model)
 
     def embed(self, images, photos=False, detector='auto'):
         """Normalised (N, D) embeddings of aligned crops (RGB arrays or files), or with
@@ -142,6 +166,51 @@ class FaceEmbedder:
                                     detector=detector)
             return result.similarity, result.same
         return compare_faces(a, b, self.net, threshold, self.ctx, self.image_size)
+
+    def embed_faces(self, img, faces, batch_size=64):
+        """Normalised (n, D) embeddings of detected faces (:data:`~gluon_arcface.data.detect.Face`)
+        of one RGB photo, each aligned to :attr:`template` first (none: (0, D))."""
+        from ..data.detect import align_photo
+        crops = [align_photo(img, face, self.image_size, self.template) for face in faces]
+        return self._embed_aligned(crops, batch_size)
+
+    def embed_crops(self, images, batch_size=64):
+        """Normalised (n, D) embeddings of face crops made by any tool (RGB arrays or files;
+        an InsightFace 112x112 crop, a portrait): each is re-aligned from its own landmarks
+        (``detect.realign``; a crop where dlib finds no face gets a fixed box) to
+        :attr:`template`."""
+        from ..data.detect import realign
+        crops = [realign(load_photo(img), self.template, self.image_size) for img in images]
+        return self._embed_aligned(crops, batch_size)
+
+    def _embed_aligned(self, crops, batch_size):
+        if not crops:
+            return np.zeros((0, self.model.get('emb_size') or 0), np.float32)
+        return embed_images(crops, self.net, self.ctx, self.image_size, batch_size)
+
+
+def landmark_model(src, ctx=None):
+    """A model for faces aligned from their landmarks -> ``(net, image_size, template,
+    source)``: dlib's network (named, or ``NAME@dlib``) on dlib's 150x150 chip without its
+    in-graph framing ('dlib-chip'), any other model on ArcFace's template at its input size
+    ('arcface'). ``src``: a :class:`~gluon_arcface.models.resolve.ModelSource`."""
+    from ..models.model_zoo import get_pretrained
+    from ..models.resolve import load_face_model
+    from ..nn.dlib_resnet import DLIB_CHIP_SIZE
+    if src.kind == 'named':
+        image_size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)  # the chip replaces the framing
+        return get_pretrained(src.spec, ctx, image_size, geometry=None), image_size, \
+            'dlib-chip', src.spec
+    net, image_size, source = load_face_model(src, ctx)
+    return net, image_size, 'dlib-chip' if src.kind == 'dlib-reference' else 'arcface', source
+
+
+def model_record(src, template, image_size):
+    """What identifies a resolved model's embeddings (``FaceEmbedder.model``): its name, the
+    SHA-1 of its weights file, the framing of its faces, input size and embedding size."""
+    from ..data.hub import file_sha1
+    return dict(name=src.spec, sha1=file_sha1(src.path), framing=template,
+                image_size=list(image_size), emb_size=src.emb_size)
 
 
 # ----------------------------------------------------------------------------- photos
@@ -227,7 +296,6 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
     ``geometry``: a named model's framing of the crops (``model_zoo.get_pretrained``).
     """
     from ..data.binfile import load_bin
-    from ..models.model_zoo import get_pretrained
     from ..models.resolve import load_face_model, resolve_model
     from ..runtime.errors import ConfigError
     from ..runtime.fileio import write_json
@@ -238,22 +306,19 @@ def verify_model(model, targets, data_dir=None, ctx=None, batch_size=64, flip=Tr
         raise ValueError("align must be None or 'landmarks', got %r" % (align,))
     if isinstance(model, (str, os.PathLike)):
         src = resolve_model(model, input_range=input_range)
-        chip = src.kind in ('named', 'dlib-reference')  # dlib's network: dlib's own chip
-        if align and src.kind == 'named':
-            if geometry != 'default':
-                raise ConfigError('--geometry frames fixed crops; with --align landmarks every '
-                                  'image is re-aligned to dlib\'s chip instead: give one of them')
-            from ..nn.dlib_resnet import DLIB_CHIP_SIZE
-            image_size = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)  # the chip replaces the framing
-            net, source = get_pretrained(src.spec, ctx, image_size, geometry=None), src.spec
+        if align and src.kind == 'named' and geometry != 'default':
+            raise ConfigError('--geometry frames fixed crops; with --align landmarks every '
+                              'image is re-aligned to dlib\'s chip instead: give one of them')
+        if align and src.kind in ('named', 'dlib-reference'):
+            net, image_size, template, source = landmark_model(src, ctx)
         else:
             net, image_size, source = load_face_model(src, ctx, input_range=input_range,
                                                       geometry=geometry)
+            template = 'arcface'
         if align:
             import functools
             from ..data.detect import realign
-            prepare = functools.partial(realign, template='dlib-chip' if chip else 'arcface',
-                                        image_size=image_size)
+            prepare = functools.partial(realign, template=template, image_size=image_size)
     elif input_range is not None:
         raise ValueError('input_range applies to a model file, not to a loaded network')
     else:

@@ -1,0 +1,303 @@
+"""A gallery of known people for 1:N identification: their face embeddings, search by cosine
+similarity, and a file that runs no code when read.
+
+:class:`FaceGallery` holds L2-normalised float32 embeddings, several per person, kept in one
+(M, D) matrix with each person's rows contiguous, and the identity of the model that made them
+(``model``: name, weights' SHA-1, framing, input size, embedding size). A person's score for a
+probe is, by ``scoring``:
+
+* ``'max'``: the best cosine similarity over the person's embeddings (nearest neighbour);
+* ``'mean'``: the mean cosine similarity over them;
+* ``'centroid'``: the cosine similarity with their normalised mean embedding (one template per
+  person, as insightface's IJB code averages a subject's features).
+
+Search is batched matrix products (probes x gallery, in blocks of probes so that the score
+matrix stays near :data:`SCORE_BLOCK` floats), then a per-person reduction and a partial sort.
+
+The file (``.npz``, NumPy's zip of arrays, read with ``allow_pickle=False``) holds
+``embeddings`` (M, D) float32, ``owner`` (M,) int32 person index, and ``meta``: JSON bytes with
+the format name and version, the model, the people's names, each embedding's source and a
+SHA-256 of the arrays. A pickle, a corrupt or truncated file, a hand-edited one (digest) or
+one from another model is a :class:`~gluon_arcface.runtime.errors.FaceDataError` /
+:class:`~gluon_arcface.runtime.errors.ConfigError` naming the file; saving is atomic.
+"""
+import hashlib
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from ..runtime.errors import ConfigError, FaceDataError
+from ..runtime.fileio import atomic_write
+
+__all__ = ['FaceGallery', 'SCORINGS', 'GALLERY_FORMAT', 'GALLERY_VERSION', 'SCORE_BLOCK',
+           'same_model']
+
+SCORINGS = ('max', 'mean', 'centroid')
+GALLERY_FORMAT = 'gluon_arcface-gallery'
+GALLERY_VERSION = 1
+#: Search computes at most about this many probe x gallery scores at once (float32: 256 MB).
+SCORE_BLOCK = 1 << 26
+#: The model fields two galleries (or a gallery and a probe's model) must share.
+MODEL_KEYS = ('name', 'sha1', 'framing', 'image_size', 'emb_size')
+
+
+def same_model(a, b):
+    """Whether two model records (``FaceGallery.model``) describe the same embeddings: the
+    fields of :data:`MODEL_KEYS` that both have are equal."""
+    return all(a[k] == b[k] for k in MODEL_KEYS if a.get(k) is not None and b.get(k) is not None)
+
+
+def _describe(model):
+    return ', '.join('%s %s' % (k, model[k]) for k in MODEL_KEYS if model.get(k) is not None)
+
+
+class FaceGallery:
+    """Known people and their face embeddings.
+
+    ``model``: a dict describing the model that makes the embeddings (see module notes; e.g.
+    ``FaceEmbedder.model_record()``); ``emb_size``: D (else taken from the first embeddings).
+    """
+
+    def __init__(self, model=None, emb_size=None):
+        self.model = dict(model or {})
+        self.emb_size = emb_size or self.model.get('emb_size')
+        self.names = []  # people, in enrolment order
+        self._emb = np.zeros((0, self.emb_size or 0), np.float32)
+        self._owner = np.zeros(0, np.int32)
+        self._sources = []
+        self._cache = {}
+        self.extra = {}  # facts saved with the gallery (e.g. its threshold)
+
+    # ------------------------------------------------------------------ contents
+    def __len__(self):
+        return len(self.names)
+
+    def __contains__(self, name):
+        return name in self.names
+
+    def __repr__(self):
+        return 'FaceGallery(%d people, %d embeddings, %s)' % (
+            len(self), self.num_embeddings, _describe(self.model) or 'model not recorded')
+
+    @property
+    def num_embeddings(self):
+        return len(self._owner)
+
+    @property
+    def embeddings(self):
+        """(M, D) float32, each person's rows contiguous (read-only view)."""
+        view = self._emb.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def owner(self):
+        """(M,) int32: the index into :attr:`names` of each embedding's person."""
+        return self._owner.copy()
+
+    @property
+    def sources(self):
+        """What each embedding came from (a file name, or '')."""
+        return list(self._sources)
+
+    def counts(self):
+        """Embeddings per person, in :attr:`names` order -> (P,) int."""
+        return np.bincount(self._owner, minlength=len(self.names))
+
+    def embeddings_of(self, name):
+        """(n, D) float32 embeddings of one person (KeyError if unknown)."""
+        return self._emb[self._owner == self._index(name)]
+
+    def _index(self, name):
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError('%r is not in the gallery' % (name,)) from None
+
+    def add(self, name, embeddings, sources=None):
+        """Enrol ``embeddings`` ((n, D) or (D,), any float; normalised here) for ``name`` (a new
+        person, or more of a known one). ``sources``: n strings naming where each came from."""
+        if not isinstance(name, str) or not name or name != name.strip() or '\n' in name:
+            raise ValueError('a person\'s name must be a non-empty string without surrounding '
+                             'spaces or line breaks, got %r' % (name,))
+        emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
+        if emb.ndim != 2 or not len(emb):
+            raise ValueError('expected (n, D) embeddings for %r, got shape %s' % (name, emb.shape))
+        if self.emb_size is None:
+            self.emb_size = emb.shape[1]
+            self._emb = np.zeros((0, self.emb_size), np.float32)
+        if emb.shape[1] != self.emb_size:
+            raise ValueError('%r: embeddings of size %d, the gallery holds size %d'
+                             % (name, emb.shape[1], self.emb_size))
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if not np.all(np.isfinite(emb)) or np.any(norms == 0):
+            raise ValueError('%r: embeddings must be finite and non-zero' % (name,))
+        sources = [''] * len(emb) if sources is None else [str(s) for s in sources]
+        if len(sources) != len(emb):
+            raise ValueError('%r: %d sources for %d embeddings' % (name, len(sources), len(emb)))
+        if name not in self.names:
+            self.names.append(name)
+        idx = self.names.index(name)
+        at = int(np.searchsorted(self._owner, idx, side='right'))
+        self._emb = np.insert(self._emb, at, (emb / norms).astype(np.float32), axis=0)
+        self._owner = np.insert(self._owner, at, np.full(len(emb), idx, np.int32))
+        self._sources[at:at] = sources
+        self._cache.clear()
+        return self
+
+    def remove(self, name):
+        """Forget a person and their embeddings (KeyError if unknown)."""
+        idx = self._index(name)
+        keep = self._owner != idx
+        self._emb, self._sources = self._emb[keep], [s for s, k in zip(self._sources, keep) if k]
+        self._owner = self._owner[keep] - (self._owner[keep] > idx)
+        del self.names[idx]
+        self._cache.clear()
+        return self
+
+    # ------------------------------------------------------------------ search
+    def _starts(self):
+        if 'starts' not in self._cache:
+            self._cache['starts'] = np.searchsorted(self._owner, np.arange(len(self.names)))
+        return self._cache['starts']
+
+    def templates(self, scoring='centroid'):
+        """(P, D) float32 per-person vectors for ``'mean'`` (mean embedding: its dot product is
+        the mean cosine similarity) or ``'centroid'`` (the mean, normalised)."""
+        if scoring not in ('mean', 'centroid'):
+            raise ValueError("templates are for scoring 'mean' or 'centroid', got %r" % (scoring,))
+        if scoring not in self._cache:
+            sums = np.add.reduceat(self._emb.astype(np.float64), self._starts(), axis=0)
+            mean = sums / self.counts()[:, None]
+            if scoring == 'centroid':
+                mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+            self._cache[scoring] = mean.astype(np.float32)
+        return self._cache[scoring]
+
+    def check_probes(self, probes, model=None, where=None):
+        """Probes as float32 (N, D); ConfigError when their size or ``model`` differs from the
+        gallery's (``where`` names the gallery file in the message)."""
+        probes = np.atleast_2d(np.asarray(probes, dtype=np.float32))
+        what = where or 'the gallery'
+        if model is not None and not same_model(model, self.model):
+            raise ConfigError('%s was made with another model (%s); the probes come from %s: '
+                              'enrol the people again with this model' % (
+                                  what, _describe(self.model), _describe(model)))
+        if probes.ndim != 2 or probes.shape[1] != self.emb_size:
+            raise ConfigError('%s holds %s-d embeddings, the probes are %s' % (
+                what, self.emb_size, 'of shape %s' % (probes.shape,)))
+        return probes
+
+    def person_scores(self, probes, scoring='max'):
+        """Every person's score for each probe -> (N, P) float32 (probes: (N, D), normalised
+        here). One block of probes at a time."""
+        if scoring not in SCORINGS:
+            raise ValueError('scoring must be one of %s, got %r' % (SCORINGS, scoring))
+        if not len(self.names):
+            raise ValueError('the gallery is empty: enrol someone first')
+        probes = self.check_probes(probes)
+        probes = probes / np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), 1e-12)
+        if scoring != 'max':
+            return probes @ self.templates(scoring).T
+        out = np.empty((len(probes), len(self.names)), np.float32)
+        step = max(1, SCORE_BLOCK // max(1, self.num_embeddings))
+        starts = self._starts()
+        for i in range(0, len(probes), step):
+            scores = probes[i:i + step] @ self._emb.T
+            out[i:i + step] = np.maximum.reduceat(scores, starts, axis=1)
+        return out
+
+    def search(self, probes, top_k=5, scoring='max'):
+        """The ``top_k`` best people for each probe -> ``(indices (N, k) int into`` :attr:`names`
+        ``, scores (N, k) float32)``, best first (k = min(top_k, people))."""
+        scores = self.person_scores(probes, scoring)
+        k = min(int(top_k), scores.shape[1])
+        if k < 1:
+            raise ValueError('top_k must be at least 1, got %r' % (top_k,))
+        if k < scores.shape[1]:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(k), scores.shape).copy()
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-top, axis=1, kind='stable')
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+    # ------------------------------------------------------------------ file
+    def _digest(self):
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self._emb).tobytes())
+        h.update(np.ascontiguousarray(self._owner).tobytes())
+        return h.hexdigest()
+
+    def save(self, path, extra=None):
+        """Write the gallery to ``path`` (``.npz``), atomically: an interrupted save leaves the
+        file that was there. ``extra``: more JSON-able facts to keep (e.g. the threshold)."""
+        path = os.fspath(path)
+        meta = dict(format=GALLERY_FORMAT, version=GALLERY_VERSION, model=self.model,
+                    emb_size=self.emb_size, names=self.names, sources=self._sources,
+                    sha256=self._digest(), extra=dict(self.extra, **(extra or {})))
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        with atomic_write(path) as tmp:
+            with open(tmp, 'wb') as f:
+                np.savez(f, embeddings=self._emb, owner=self._owner,
+                         meta=np.frombuffer(json.dumps(meta).encode('utf-8'), np.uint8))
+        return path
+
+    @classmethod
+    def load(cls, path, model=None):
+        """Read a gallery written by :meth:`save`. ``model``: the record of the model the probes
+        will come from; a gallery of another model is a ConfigError. A file that is not such a
+        gallery (pickle, corrupt, truncated, edited) is a FaceDataError naming it."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FaceDataError(path, 'gallery file not found')
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = set(z.files)
+                if not {'embeddings', 'owner', 'meta'} <= names:
+                    raise FaceDataError(path, 'not a gallery: expected the arrays embeddings, '
+                                        'owner and meta, found %s' % (sorted(names) or 'none'))
+                emb, owner, raw = z['embeddings'], z['owner'], z['meta']
+        except FaceDataError:
+            raise
+        except ValueError as e:  # np.load refuses pickled data
+            raise FaceDataError(path, 'not a gallery file (%s); a gallery is an .npz of '
+                                'arrays written by FaceGallery.save, never a pickle' % e) from None
+        except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+            raise FaceDataError(path, 'corrupt or truncated gallery file (%s: %s)'
+                                % (type(e).__name__, e)) from None
+        try:
+            meta = json.loads(bytes(raw.astype(np.uint8)).decode('utf-8'))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FaceDataError(path, 'gallery metadata is not JSON (%s)' % e) from None
+        if not isinstance(meta, dict) or meta.get('format') != GALLERY_FORMAT:
+            raise FaceDataError(path, 'not a %s file' % GALLERY_FORMAT)
+        if meta.get('version') != GALLERY_VERSION:
+            raise FaceDataError(path, 'gallery format version %r; this package reads version %d'
+                                % (meta.get('version'), GALLERY_VERSION))
+        gallery = cls(meta.get('model') or {}, meta.get('emb_size'))
+        gallery.names = list(meta.get('names') or [])
+        gallery._sources = list(meta.get('sources') or [])
+        shapes_ok = (emb.dtype == np.float32 and emb.ndim == 2 and owner.ndim == 1
+                     and owner.dtype == np.int32 and len(owner) == len(emb)
+                     and len(gallery._sources) == len(emb) and emb.shape[1] == gallery.emb_size)
+        if not shapes_ok:
+            raise FaceDataError(path, 'inconsistent gallery: embeddings %s %s, owner %s %s, %d '
+                                'sources' % (emb.dtype, emb.shape, owner.dtype, owner.shape,
+                                             len(gallery._sources)))
+        gallery._emb, gallery._owner = emb, owner
+        if meta.get('sha256') != gallery._digest():
+            raise FaceDataError(path, 'the embeddings do not match the digest the gallery was '
+                                'saved with (the file was changed after it was written)')
+        if len(owner) and (np.any(np.diff(owner) < 0) or owner[0] < 0
+                           or owner[-1] >= len(gallery.names)
+                           or len(np.unique(owner)) != len(gallery.names)):
+            raise FaceDataError(path, 'inconsistent gallery: embedding owners do not match the '
+                                '%d names' % len(gallery.names))
+        gallery.extra = dict(meta.get('extra') or {})
+        if model is not None:
+            gallery.check_probes(np.zeros((1, gallery.emb_size)), model, where=path)
+        return gallery
