@@ -28,7 +28,8 @@ from .gallery import FaceGallery
 
 __all__ = ['UNKNOWN', 'IdentifiedFace', 'PhotoResult', 'Threshold', 'enrol',
            'scan_known', 'calibrate_threshold', 'loo_trials', 'identify_embeddings',
-           'identify_photo', 'evaluate_identification', 'read_truth', 'MIN_CALIBRATION',
+           'identify_photo', 'evaluate_identification', 'read_truth', 'evaluate_results',
+           'list_photos', 'results_as_json', 'describe_threshold', 'MIN_CALIBRATION',
            'FALLBACK_FPIR', 'DEFAULT_SCORING']
 
 UNKNOWN = 'unknown'
@@ -47,10 +48,12 @@ IdentifiedFace.__doc__ = ('One face of a photo: ``box`` (x0, y0, x1, y1) pixels,
                           'known person or ``unknown``), ``similarity`` (cosine with the best '
                           'person; None when too small), ``candidates`` [(name, similarity)] '
                           'best first, ``status`` (\'identified\', \'unknown\', \'too small\').')
-PhotoResult = collections.namedtuple('PhotoResult', 'photo faces error')
+PhotoResult = collections.namedtuple('PhotoResult', 'photo faces error embeddings')
 PhotoResult.__doc__ = ('What :func:`identify_photo` gives for one photo: its ``photo`` name, '
-                       'its ``faces`` (IdentifiedFace list, largest first) and ``error`` (why '
-                       'it could not be read, else None).')
+                       'its ``faces`` (IdentifiedFace list, largest first, too small ones '
+                       'last), ``error`` (why it could not be read, else None) and the '
+                       '``embeddings`` (n, D) of the faces identified (too small ones have '
+                       'none).')
 Threshold = collections.namedtuple('Threshold', 'value rule details')
 Threshold.__doc__ = ('An open-set threshold (cosine similarity): ``value``, the ``rule`` that '
                      'chose it (\'calibrated\', \'model\', \'fpir\', \'given\') and a '
@@ -259,7 +262,7 @@ def identify_photo(photo, embedder, gallery, threshold, crops=False, detector='a
     try:
         img = load_photo(photo if image is None else image)
     except FaceDataError as e:
-        return PhotoResult(name, [], e.reason)
+        return PhotoResult(name, [], e.reason, np.zeros((0, gallery.emb_size), np.float32))
     if crops:
         faces, small = None, []
         boxes = [(0, 0, img.shape[1], img.shape[0])]
@@ -274,7 +277,7 @@ def identify_photo(photo, embedder, gallery, threshold, crops=False, detector='a
                                                                   scoring, top_k))]
     found += [IdentifiedFace(tuple(float(v) for v in f.box), UNKNOWN, None, [], 'too small')
               for f in small]
-    return PhotoResult(name, found, None)
+    return PhotoResult(name, found, None, emb)
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -337,3 +340,83 @@ def read_truth(path):
         raise FaceDataError(path, 'expected a JSON object {"probe file name": "person or '
                             'unknown", ...}')
     return truth
+
+
+def evaluate_results(results, truth, gallery, threshold, scoring=DEFAULT_SCORING):
+    """The protocol on a run of :func:`identify_photo` -> ``(metrics, missing)``. ``truth``:
+    ``{probe file name or path: person or unknown}``; each probe is its photo's largest face
+    (a crop's only face); a probe where no face was found answers ``unknown``. ``metrics``
+    is :func:`evaluate_identification`'s dict with ``open_set_accuracy`` over every probe in
+    ``truth`` that was run; ``missing``: the photos run that ``truth`` does not name."""
+    labels, embs, faceless, missing = [], [], [], []
+    for r in results:
+        label = truth.get(r.photo, truth.get(os.path.basename(r.photo)))
+        if label is None:
+            missing.append(r.photo)
+        elif len(r.embeddings):
+            labels.append(label)
+            embs.append(r.embeddings[0])
+        else:
+            faceless.append(label)
+    if not labels:
+        raise ValueError('no probe with a face is named in the truth file')
+    metrics = evaluate_identification(gallery, np.stack(embs), labels, threshold, scoring)
+    if faceless:  # no face: the answer is unknown, right only for a stranger
+        n = len(labels)
+        right_faceless = sum(1 for lab in faceless if lab == UNKNOWN or lab not in gallery)
+        metrics['open_set_accuracy'] = (metrics['open_set_accuracy'] * n + right_faceless) / (
+            n + len(faceless))
+        metrics['no_face'] = len(faceless)
+    metrics['probes'] = len(labels) + len(faceless)
+    return metrics, missing
+
+
+def list_photos(paths):
+    """Photo files from files and folders (a folder: its images, sorted, recursively) -> list
+    of paths; a path that does not exist is kept (identifying it reports it)."""
+    from ..data.prepare import _is_image
+    out = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+                out.extend(os.path.join(root, f) for f in sorted(files) if _is_image(f))
+        else:
+            out.append(path)
+    return out
+
+
+def results_as_json(results):
+    """Results of :func:`identify_photo` as JSON-able dicts: ``{"photo", "faces": [{"box",
+    "name", "similarity", "status", "candidates"}], "error"?}``, one per photo."""
+    out = []
+    for r in results:
+        entry = dict(photo=r.photo, faces=[dict(
+            box=[round(v, 1) for v in f.box], name=f.name,
+            similarity=None if f.similarity is None else round(f.similarity, 4), status=f.status,
+            candidates=[[n, round(s, 4)] for n, s in f.candidates]) for f in r.faces])
+        if r.error:
+            entry['error'] = r.error
+        out.append(entry)
+    return out
+
+
+def describe_threshold(threshold):
+    """One line saying what a :data:`Threshold` is and where it came from."""
+    d = threshold.details
+    if threshold.rule == 'calibrated':
+        how = ('calibrated on the gallery: %d mated and %d non-mated leave-one-out trials of %d '
+               'people, mean accuracy %.3f, FPIR %.3f' % (
+                   d['mated_trials'], d['nonmated_trials'], d['people'],
+                   d['balanced_accuracy'], d['fpir']))
+    elif threshold.rule == 'model':
+        how = "the model's verification threshold (too few people with two or more faces " \
+              'to calibrate on the gallery)'
+    elif threshold.rule == 'fpir':
+        how = 'lets %.0f %% of %d non-mated trials of the gallery through (too few people with ' \
+              'two or more faces to calibrate, and no model threshold)' % (
+                  100 * d['fpir'], d['nonmated_trials'])
+    else:
+        how = 'given'
+    return 'threshold %.4f (cosine; %s)' % (threshold.value, how)

@@ -1,4 +1,5 @@
-"""Pictures people would rather look at than read: training curves, ROC curves, face grids.
+"""Pictures people would rather look at than read: training curves, ROC and CMC curves, face
+grids, photos with their faces named.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (pyplot's global backend is left
 alone) and written atomically as PNG: training curves, ROC curves, grids of faces.
@@ -9,7 +10,7 @@ import numpy as np
 
 from ..runtime.fileio import atomic_write
 
-__all__ = ['plot_history', 'plot_face_grid', 'plot_roc', 'save_figure']
+__all__ = ['plot_history', 'plot_face_grid', 'plot_roc', 'plot_cmc', 'draw_faces', 'save_figure']
 
 
 def _figure(figsize):
@@ -106,3 +107,50 @@ def plot_roc(results, path, title=None):
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(loc='lower right', fontsize='small')
     return save_figure(fig, path)
+
+
+def plot_cmc(results, path, title=None):
+    """Save CMC curves (identification rate against rank) as a PNG; returns ``path``.
+    ``results``: ``{name: evaluate_identification dict}`` (each with ``cmc``)."""
+    fig = _figure((6, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, r in results.items():
+        cmc = r.get('cmc') or []
+        if cmc:
+            ax.plot(np.arange(1, len(cmc) + 1), cmc, 'o-', markersize=3,
+                    label='%s: rank-1 %.1f %%' % (name, 100 * cmc[0]))
+    ax.set_xlabel('rank')
+    ax.set_ylabel('identification rate (mated probes)')
+    ax.set_ylim(0.0, 1.01)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc='lower right', fontsize='small')
+    ax.set_title(title or 'CMC (closed set)')
+    return save_figure(fig, path)
+
+
+def draw_faces(img, faces, path, quality=90):
+    """Write an RGB photo with each face's box and label drawn on it as a JPEG, atomically.
+    ``faces``: ``[(box (x0, y0, x1, y1), label, known)]``; known faces are drawn in green,
+    the others in red."""
+    import cv2
+    out = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+    scale = max(out.shape[:2]) / 1000.0
+    thick = max(1, int(round(2 * scale)))
+    for box, label, known in faces:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        color = (60, 200, 60) if known else (40, 40, 230)
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, thick)
+        font = max(0.4, 0.7 * scale)
+        (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
+        ty = min(out.shape[0] - 1, y1 + h + base + 4)
+        cv2.rectangle(out, (x0, ty - h - base - 4), (x0 + w + 4, ty), color, -1)
+        cv2.putText(out, label, (x0 + 2, ty - base - 2), cv2.FONT_HERSHEY_SIMPLEX, font,
+                    (255, 255, 255), thick, cv2.LINE_AA)
+    ok, buf = cv2.imencode('.jpg', out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError('%s: could not encode the picture' % path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(buf.tobytes())
+    return path
