@@ -24,7 +24,7 @@ from ..runtime.errors import FaceDataError, ImageDecodeError
 from ..runtime.fileio import write_text
 from .recordio import KeySequence, RecordReader
 
-__all__ = ['read_facerec_meta', 'write_property', 'open_face_dataset', 'FaceFolderDataset',
+__all__ = ['read_facerec_meta', 'write_property', 'open_face_dataset', 'dataset_people', 'FaceFolderDataset',
            'FaceRecordDataset',
            'FaceTrainTransform', 'FaceDataLoader', 'SkippedImage', 'load_data_face_rec',
            'list_val_targets', 'IMAGE_EXTENSIONS', 'load_pairs']
@@ -425,6 +425,29 @@ def open_face_dataset(data_dir, skip_bad=False):
                                  skip_bad=skip_bad)
     return FaceFolderDataset(data_dir, num_classes=num_classes, image_size=image_size,
                              skip_bad=skip_bad)
+
+
+def dataset_people(data_dir):
+    """A dataset folder's images by person -> ``[(name, [(source, RGB uint8 image)])]``,
+    in the order of the images; names from ``identities.tsv`` (``class id<TAB>name``), else
+    the class id as ``%08d``; ``source`` is ``<folder name>#<image index>``."""
+    dataset = open_face_dataset(data_dir)
+    names = {}
+    tsv = os.path.join(data_dir, 'identities.tsv')
+    if os.path.isfile(tsv):
+        with open(tsv, encoding='utf-8') as f:
+            for i, line in enumerate(f, 1):
+                parts = line.rstrip('\n').split('\t')
+                if len(parts) != 2 or not parts[0].isdigit():
+                    raise FaceDataError(tsv, 'expected "class id<TAB>name"', line=i)
+                names[int(parts[0])] = parts[1]
+    people = collections.OrderedDict()
+    for i in range(len(dataset)):
+        img, label = dataset[i]
+        label = int(label)
+        people.setdefault(names.get(label, '%08d' % label), []).append(
+            ('%s#%d' % (os.path.basename(os.path.normpath(data_dir)), i), img.asnumpy()))
+    return list(people.items())
 
 
 def load_data_face_rec(data_dir, val_targets, batch_size, num_workers=2, shuffle=True,

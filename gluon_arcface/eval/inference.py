@@ -33,7 +33,9 @@ __all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine
 #: (docs/own_photos.md, "From your photos to a dataset"): dlib-resnet-v1's is the mean 10-fold
 #: threshold of its verification of Yale B photos pasted into larger frames, detected and
 #: aligned (the 129 of the first 300 pairs of yaleb_val.bin where both faces were found;
-#: scripts/measure_detection.py verification).
+#: scripts/measure_detection.py verification). Its faces aligned from their landmarks to dlib's
+#: chip (``align='landmarks'``) have nearly the same one: 0.916 (``verify.py --align
+#: landmarks``, yaleb_val, 10-fold).
 DEFAULT_THRESHOLDS = {'dlib-resnet-v1': 0.915}
 
 
@@ -133,7 +135,7 @@ class FaceEmbedder:
             thresholds = (read_model_info(source) or {}).get('cos_threshold') or {}
             if len(thresholds) == 1:
                 threshold = float(next(iter(thresholds.values())))
-        if threshold is None and isinstance(model, str) and not align:
+        if threshold is None and isinstance(model, str):
             threshold = DEFAULT_THRESHOLDS.get(model)
         size = tuple(image_size or model_size)
         return cls(net, size, threshold, ctx, template, model_record(src, template, size))
