@@ -53,10 +53,11 @@ def astronaut_source():
     return photo_source(skimage.data.astronaut(), 'astronaut')
 
 
-def photo_source(img, name):
-    """The face of an RGB portrait with dlib's landmarks, and the head and shoulders around it."""
+def photo_source(img, name, detector='hog'):
+    """The face of an RGB portrait with dlib's landmarks, and the head and shoulders around it
+    (``detector``: 'hog' or 'cnn', dlib's detector that finds it)."""
     from .detect import detect_faces
-    face = detect_faces(img, 'hog', 1)[0]
+    face = detect_faces(img, detector, 1 if detector == 'hog' else 0)[0]
     return _crop_source(img, face.landmarks, name)
 
 
