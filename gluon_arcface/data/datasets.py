@@ -25,7 +25,8 @@ from ..runtime.fileio import write_text
 from .recordio import KeySequence, RecordReader
 
 __all__ = ['read_facerec_meta', 'write_property', 'open_face_dataset', 'dataset_people',
-           'FaceFolderDataset', 'FaceRecordDataset', 'FaceTrainTransform', 'FaceDataLoader', 'SkippedImage', 'load_data_face_rec',
+           'FaceFolderDataset', 'FaceRecordDataset', 'FaceTrainTransform', 'FaceDataLoader',
+           'SkippedImage', 'load_data_face_rec',
            'list_val_targets', 'IMAGE_EXTENSIONS', 'load_pairs']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
