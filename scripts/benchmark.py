@@ -12,6 +12,10 @@ channels_last, and channels_last under bfloat16 autocast), in the same process w
 windows interleaved, so that load from other processes affects all alike. Both frameworks use
 the package's thread policy unless --threads says otherwise. Prints a markdown table with the
 medians over the rounds and the ratios.
+
+--gallery 10000,100000,1000000 instead times 1:N search in galleries of that many faces
+(gluon_arcface.eval.gallery_bench): ms per probe, one at a time and batched, bytes per face,
+beside faiss's exact IndexFlatIP (pip install faiss-cpu) and the memory-bandwidth bound.
 """
 import argparse
 import shlex
@@ -54,6 +58,8 @@ def build_parser():
                         'MS1M (default: 0, skip)')
     cli.add_threads_argument(p)  # both frameworks: MXNet's OpenMP and torch.set_num_threads
     p.add_argument('--json', help='also write the raw measurements to this file')
+    p.add_argument('--gallery', metavar='N,N', help='only time gallery search at these sizes, '
+                   'e.g. 10000,100000,1000000')
     return p
 
 
@@ -85,6 +91,17 @@ def main(argv=None):
     from gluon_arcface import benchmark
 
     def run():
+        if args.gallery:
+            from gluon_arcface.eval import gallery_bench
+            sizes = [int(n) for n in args.gallery.split(',') if n]
+            result = gallery_bench.run_gallery_benchmark(
+                sizes, rounds=args.rounds, log=lambda msg: print(msg, file=sys.stderr,
+                                                                 flush=True))
+            print(gallery_bench.format_gallery_report(result))
+            if args.json:
+                from gluon_arcface.runtime.fileio import write_json
+                write_json(args.json, result)
+            return
         result = benchmark.run_benchmark(
             num_layers=args.num_layers, batch_size=args.batch_size, image_size=args.image_size,
             num_classes=args.num_classes, emb_size=args.emb_size,

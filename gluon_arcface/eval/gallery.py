@@ -147,6 +147,35 @@ class FaceGallery:
         self._cache.clear()
         return self
 
+    @classmethod
+    def from_arrays(cls, labels, embeddings, model=None, sources=None):
+        """A gallery from (M, D) ``embeddings`` and their M person ``labels`` (names) at once
+        (people in order of first appearance; each person's rows in their given order)."""
+        labels = [str(n) for n in labels]
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(labels):
+            raise ValueError('expected (M, D) embeddings for M labels, got %s for %d'
+                             % (emb.shape, len(labels)))
+        gallery = cls(model, emb.shape[1])
+        names, owner = np.unique(labels, return_index=False, return_inverse=True)
+        first = {}
+        for i, lab in enumerate(labels):
+            first.setdefault(lab, i)
+        order_people = sorted(range(len(names)), key=lambda k: first[names[k]])
+        rank = np.empty(len(names), np.int64)
+        rank[order_people] = np.arange(len(names))
+        owner = rank[owner]
+        rows = np.argsort(owner, kind='stable')
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if not np.all(np.isfinite(emb)) or np.any(norms == 0):
+            raise ValueError('embeddings must be finite and non-zero')
+        gallery.names = [str(names[k]) for k in order_people]
+        gallery._emb = np.ascontiguousarray((emb / norms)[rows], dtype=np.float32)
+        gallery._owner = owner[rows].astype(np.int32)
+        src = [''] * len(labels) if sources is None else [str(x) for x in sources]
+        gallery._sources = [src[i] for i in rows]
+        return gallery
+
     def remove(self, name):
         """Forget a person and their embeddings (KeyError if unknown)."""
         idx = self._index(name)

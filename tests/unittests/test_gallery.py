@@ -281,3 +281,17 @@ def test_truth_file_errors_name_the_file(tmp_path):
     (tmp_path / 'u.json').write_text('{')
     with pytest.raises(FaceDataError, match='u.json: not JSON'):
         ident.read_truth(str(tmp_path / 'u.json'))
+
+
+def test_from_arrays_equals_adding_person_by_person(gallery):
+    labels = ['cid', 'ann', 'cid', 'bob', 'ann', 'cid']
+    emb, owner = gallery.embeddings, gallery.owner
+    by_person = {n: list(emb[owner == i]) for i, n in enumerate(gallery.names)}
+    rows = [by_person[n].pop(0) for n in labels]
+    bulk = FaceGallery.from_arrays(labels, rows, MODEL, sources=range(6))
+    assert bulk.names == ['cid', 'ann', 'bob'] and list(bulk.counts()) == [3, 2, 1]
+    assert bulk.sources == ['0', '2', '5', '1', '4', '3']
+    probes = onp.random.RandomState(4).randn(5, 4)
+    for scoring in ('max', 'mean', 'centroid'):
+        a, b = bulk.person_scores(probes, scoring), gallery.person_scores(probes, scoring)
+        assert onp.allclose(a[:, [1, 2, 0]], b, atol=1e-6)
