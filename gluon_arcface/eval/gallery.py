@@ -11,8 +11,9 @@ probe is, by ``scoring``:
 * ``'centroid'``: the cosine similarity with their normalised mean embedding (one template per
   person, as insightface's IJB code averages a subject's features).
 
-Search is batched matrix products (probes x gallery, in blocks of probes so that the score
-matrix stays near :data:`SCORE_BLOCK` floats), then a per-person reduction and a partial sort.
+Search is batched matrix products (blocks of :data:`PROBE_BLOCK` probes x blocks of about
+:data:`CHUNK_ROWS` gallery rows, whole people each), a per-person reduction and a running
+partial sort: memory stays small and a block of scores stays in cache.
 
 The file (``.npz``, NumPy's zip of arrays, read with ``allow_pickle=False``) holds
 ``embeddings`` (M, D) float32, ``owner`` (M,) int32 person index, and ``meta``: JSON bytes with
@@ -31,14 +32,17 @@ import numpy as np
 from ..runtime.errors import ConfigError, FaceDataError
 from ..runtime.fileio import atomic_write
 
-__all__ = ['FaceGallery', 'SCORINGS', 'GALLERY_FORMAT', 'GALLERY_VERSION', 'SCORE_BLOCK',
+__all__ = ['FaceGallery', 'SCORINGS', 'GALLERY_FORMAT', 'GALLERY_VERSION', 'PROBE_BLOCK',
+           'CHUNK_ROWS',
            'same_model']
 
 SCORINGS = ('max', 'mean', 'centroid')
 GALLERY_FORMAT = 'gluon_arcface-gallery'
 GALLERY_VERSION = 1
-#: Search computes at most about this many probe x gallery scores at once (float32: 256 MB).
-SCORE_BLOCK = 1 << 26
+#: Search scores this many probes against this many gallery rows at a time (a block of
+#: scores, 16 MB of float32, stays in the CPU's cache while it is reduced).
+PROBE_BLOCK = 256
+CHUNK_ROWS = 16384
 #: The model fields two galleries (or a gallery and a probe's model) must share.
 MODEL_KEYS = ('name', 'sha1', 'framing', 'image_size', 'emb_size')
 
@@ -219,39 +223,74 @@ class FaceGallery:
                 what, self.emb_size, 'of shape %s' % (probes.shape,)))
         return probes
 
-    def person_scores(self, probes, scoring='max'):
-        """Every person's score for each probe -> (N, P) float32 (probes: (N, D), normalised
-        here). One block of probes at a time."""
+    def _prepared(self, probes, scoring):
         if scoring not in SCORINGS:
             raise ValueError('scoring must be one of %s, got %r' % (SCORINGS, scoring))
         if not len(self.names):
             raise ValueError('the gallery is empty: enrol someone first')
         probes = self.check_probes(probes)
-        probes = probes / np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), 1e-12)
+        return probes / np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), 1e-12)
+
+    def _blocks(self, scoring):
+        """``(people slice, rows matrix, local starts or None)`` of the gallery in blocks of
+        about :data:`CHUNK_ROWS` rows, each a whole number of people: per-person rows for
+        'max' (their maximum is taken per person), one template a person otherwise."""
         if scoring != 'max':
-            return probes @ self.templates(scoring).T
-        out = np.empty((len(probes), len(self.names)), np.float32)
-        step = max(1, SCORE_BLOCK // max(1, self.num_embeddings))
+            t = self.templates(scoring)
+            for p0 in range(0, len(t), CHUNK_ROWS):
+                yield slice(p0, p0 + CHUNK_ROWS), t[p0:p0 + CHUNK_ROWS], None
+            return
         starts = self._starts()
-        for i in range(0, len(probes), step):
-            scores = probes[i:i + step] @ self._emb.T
-            out[i:i + step] = np.maximum.reduceat(scores, starts, axis=1)
+        ends = np.append(starts[1:], len(self._owner))
+        p0 = 0
+        while p0 < len(starts):
+            p1 = max(p0 + 1, int(np.searchsorted(ends, starts[p0] + CHUNK_ROWS, 'right')))
+            r0, r1 = starts[p0], ends[p1 - 1]
+            yield slice(p0, p1), self._emb[r0:r1], starts[p0:p1] - r0
+            p0 = p1
+
+    @staticmethod
+    def _block_scores(q, rows, local):
+        s = q @ rows.T
+        return s if local is None else np.maximum.reduceat(s, local, axis=1)
+
+    def person_scores(self, probes, scoring='max'):
+        """Every person's score for each probe -> (N, P) float32 (probes: (N, D), normalised
+        here), in blocks of probes and of the gallery."""
+        probes = self._prepared(probes, scoring)
+        out = np.empty((len(probes), len(self.names)), np.float32)
+        for i in range(0, len(probes), PROBE_BLOCK):
+            q = probes[i:i + PROBE_BLOCK]
+            for people, rows, local in self._blocks(scoring):
+                out[i:i + PROBE_BLOCK, people] = self._block_scores(q, rows, local)
         return out
 
     def search(self, probes, top_k=5, scoring='max'):
         """The ``top_k`` best people for each probe -> ``(indices (N, k) int into`` :attr:`names`
-        ``, scores (N, k) float32)``, best first (k = min(top_k, people))."""
-        scores = self.person_scores(probes, scoring)
-        k = min(int(top_k), scores.shape[1])
+        ``, scores (N, k) float32)``, best first (k = min(top_k, people)). The gallery is read
+        block by block, keeping each probe's running top k (no (N, P) matrix is formed)."""
+        probes = self._prepared(probes, scoring)
+        k = min(int(top_k), len(self.names))
         if k < 1:
             raise ValueError('top_k must be at least 1, got %r' % (top_k,))
-        if k < scores.shape[1]:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(k), scores.shape).copy()
-        top = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-top, axis=1, kind='stable')
-        return np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+        idx = np.zeros((len(probes), k), np.int64)
+        top = np.zeros((len(probes), k), np.float32)
+        for i in range(0, len(probes), PROBE_BLOCK):
+            q = probes[i:i + PROBE_BLOCK]
+            best_i = np.zeros((len(q), 0), np.int64)
+            best_s = np.zeros((len(q), 0), np.float32)
+            for people, rows, local in self._blocks(scoring):
+                s = self._block_scores(q, rows, local)
+                kk = min(k, s.shape[1])
+                part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else \
+                    np.broadcast_to(np.arange(s.shape[1]), s.shape)
+                cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)
+                cand_i = np.concatenate([best_i, part + people.start], 1)
+                keep = np.argsort(-cand_s, axis=1, kind='stable')[:, :k]
+                best_s = np.take_along_axis(cand_s, keep, 1)
+                best_i = np.take_along_axis(cand_i, keep, 1)
+            idx[i:i + PROBE_BLOCK], top[i:i + PROBE_BLOCK] = best_i, best_s
+        return idx, top
 
     # ------------------------------------------------------------------ file
     def _digest(self):

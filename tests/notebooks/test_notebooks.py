@@ -30,7 +30,7 @@ PARAMS = ['-p', 'dataset', 'faces-synthetic', '-p', 'num_epochs', '1', '-p', 'ba
 # training_arcface runs first: verification.ipynb then reuses the network it trained (same
 # output_dir); run alone, verification.ipynb trains its own.
 NOTEBOOKS = ['training_arcface', 'verification', 'datasets', 'model_and_margins', 'exercises',
-             'own_photos']
+             'own_photos', 'identification']
 # Files each notebook must leave in <cwd>/notebook_runs/<name>/.
 OUTPUTS = {
     'training_arcface': ['batch.png', 'curves.png', 'trainblock.params', 'run.json'],
@@ -41,6 +41,7 @@ OUTPUTS = {
     'exercises': ['results.csv', 'results.png'],
     'own_photos': ['augmentation.png', 'results.json', 'small-data/curves.png', 'photos.png',
                    'small-data/roc.png', 'chapter/config.json'],
+    'identification': ['known.npz', 'named.jpg', 'cmc.png', 'metrics.json'],
 }
 
 

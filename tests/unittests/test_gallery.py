@@ -69,11 +69,23 @@ def test_search_by_each_scoring_matches_a_direct_computation(gallery):
     assert idx.shape == (7, 3) and all(sorted(r) == [0, 1, 2] for r in idx)
 
 
-def test_search_in_blocks_gives_the_same_scores(gallery, monkeypatch):
-    probes = onp.random.RandomState(2).randn(9, 4)
-    whole = gallery.person_scores(probes)
-    monkeypatch.setattr('gluon_arcface.eval.gallery.SCORE_BLOCK', 7)  # one probe a block
-    assert onp.allclose(gallery.person_scores(probes), whole, atol=1e-6)
+def test_search_in_blocks_gives_the_same_answers(monkeypatch):
+    rng = onp.random.RandomState(2)
+    labels = rng.randint(0, 40, 300)  # 40 people, 1-15 faces each, in random order
+    g = FaceGallery.from_arrays(labels, rng.randn(300, 8))
+    probes = rng.randn(9, 8)
+    whole = {s: g.person_scores(probes, s) for s in ('max', 'mean', 'centroid')}
+    found = {s: g.search(probes, 6, s) for s in whole}
+    for s, scores in whole.items():  # search is the top of person_scores
+        want = onp.argsort(-scores, axis=1, kind='stable')[:, :6]
+        assert (found[s][0] == want).all()
+        assert onp.allclose(found[s][1], onp.take_along_axis(scores, want, 1), atol=1e-6)
+    monkeypatch.setattr('gluon_arcface.eval.gallery.PROBE_BLOCK', 2)
+    monkeypatch.setattr('gluon_arcface.eval.gallery.CHUNK_ROWS', 7)  # about a person a block
+    for s, scores in whole.items():
+        assert onp.allclose(g.person_scores(probes, s), scores, atol=1e-6)
+        idx, top = g.search(probes, 6, s)
+        assert (idx == found[s][0]).all() and onp.allclose(top, found[s][1], atol=1e-6)
 
 
 def test_save_and_load_round_trip(gallery, tmp_path):
