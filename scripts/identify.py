@@ -108,7 +108,7 @@ def main(argv=None):
         if not photos:
             raise ConfigError('no photos found in %s' % ', '.join(args.photos))
         ctx = as_contexts(args.ctx)[:1] if args.ctx else None
-        embedder = FaceEmbedder.load(args.model, ctx=ctx, align='landmarks')
+        embedder = FaceEmbedder.load(args.model, ctx=ctx)
         if os.path.isfile(args.known):
             gallery = FaceGallery.load(args.known, model=embedder.model_record())
         else:

@@ -52,7 +52,7 @@ def main(argv=None):
         print('|' + ' --- |' * 4 + ' ---: |' * 8)
         for check in args.checks:
             embedders = [('raw pixels', ident.PixelEmbedder())] if args.pixels else []
-            embedders += [(m, gaf.FaceEmbedder.load(m, align='landmarks')) for m in models]
+            embedders += [(m, gaf.FaceEmbedder.load(m)) for m in models]
             for name, embedder in embedders:
                 gallery, probes, labels = ident.embed_check(check, embedder, not args.photos)
                 for r in ident.compare_rules(gallery, probes, labels, embedder.threshold):

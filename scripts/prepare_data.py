@@ -7,6 +7,11 @@
                     the photos without one)
   pairs TXT ROOT OUT.bin
                     verification .bin from an LFW-style pairs.txt
+  realign SRC OUT   a dataset made by another tool (its crops framed another way) -> a new
+                    dataset with every crop and .bin image re-aligned from its own landmarks
+                    to ArcFace's template, as the package aligns; realigned.tsv lists crops
+                    where no face was detected (aligned from landmarks in a fixed box); SRC
+                    is not changed
   index REC         rebuild REC's .idx by scanning the records (a differing old one is kept)
   check DATA_DIR    decode every image and load every .bin; exit status 1 on any problem
 """
@@ -87,6 +92,13 @@ def build_parser():
     p.add_argument('--ext', default='.jpg', help='photo file extension (default: .jpg)')
     p.add_argument('--overwrite', action='store_true', help='replace OUT.bin if it exists')
 
+    p = sub.add_parser('realign', help='re-align a dataset made by another tool (needs dlib)')
+    p.add_argument('src', metavar='SRC', help='dataset folder (property, train.rec or '
+                   'identity folders, .bin sets)')
+    p.add_argument('out', metavar='OUT', help='new dataset folder (must not exist or be empty)')
+    p.add_argument('--jpeg-quality', type=int, default=95, help='JPEG quality (default: 95)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+
     p = sub.add_parser('index', help='rebuild the .idx of a .rec by scanning it')
     p.add_argument('rec', metavar='REC')
 
@@ -121,6 +133,16 @@ def run(args):
             landmarks=args.landmarks, ext=args.ext, jpeg_quality=args.jpeg_quality,
             overwrite=args.overwrite, progress=not args.no_progress)
         print(prepare.format_summary(summary))
+    elif args.command == 'realign':
+        from gluon_arcface.data.realign import realign_dataset
+        summary = realign_dataset(args.src, args.out, jpeg_quality=args.jpeg_quality,
+                                  progress=not args.no_progress)
+        print('%s: %d images of %d identities re-aligned to ArcFace\'s template; %s; %d crops '
+              'where no face was detected, aligned from landmarks in a fixed box '
+              '(realigned.tsv)' % (
+                  args.out, summary['images'], summary['identities'],
+                  ', '.join('%s.bin %d pairs' % kv for kv in summary['bins'].items())
+                  or 'no .bin', len(summary['kept'])))
     elif args.command == 'index':
         idx_path, count, old = check.rebuild_index(args.rec)
         print('wrote %s: %d records' % (idx_path, count))

@@ -30,7 +30,7 @@ __all__ = ['Face', 'DLIB_EXTRA', 'dlib_models_dir', 'DETECTORS', 'POLICIES', 'No
            'as_rgb', 'detect_faces',
            'detector_steps', 'detect_steps', 'find_face', 'pick_face', 'find_faces',
            'MIN_FACE_SIZE', 'MIN_SCORE', 'align_photo',
-           'crop_landmarks', 'arcface_points', 'realign']
+           'crop_landmarks', 'crop_face', 'arcface_points', 'realign']
 
 DLIB_EXTRA = ('pip install "gluon_arcface[pretrained]" (or: pip install dlib-bin '
               'face-recognition-models)')
@@ -278,7 +278,8 @@ def align_photo(img, face_or_landmarks, image_size=(112, 112), template='arcface
 
 
 def _crop_box(img):
-    """The face box of a face crop: HOG on the crop framed by a black border, else CROP_BOX."""
+    """The face box of a face crop -> ``(box, found)``: HOG on the crop framed by a black
+    border (found), else CROP_BOX (not found)."""
     import cv2
     h, w = img.shape[:2]
     pad = int(round(CROP_BORDER * max(h, w)))
@@ -286,14 +287,22 @@ def _crop_box(img):
     rects = _model('hog')(framed, 0)
     if len(rects):
         r = max(rects, key=lambda r: r.area())
-        return (r.left() - pad, r.top() - pad, r.right() - pad, r.bottom() - pad)
-    return (CROP_BOX[0] * w, CROP_BOX[1] * h, CROP_BOX[2] * w, CROP_BOX[3] * h)
+        return (r.left() - pad, r.top() - pad, r.right() - pad, r.bottom() - pad), True
+    return (CROP_BOX[0] * w, CROP_BOX[1] * h, CROP_BOX[2] * w, CROP_BOX[3] * h), False
+
+
+def crop_face(img):
+    """ArcFace's five landmarks of a face crop (RGB uint8) -> ``(found, landmarks (5, 2))``,
+    from dlib's 68 points; ``found`` is False when the detector finds no face in the crop (the
+    points are then placed in the fixed box :data:`CROP_BOX`)."""
+    img = _rgb(img)
+    box, found = _crop_box(img)
+    return found, arcface_points(_points(_model('sp68')(img, _rect(box))))
 
 
 def crop_landmarks(img):
     """ArcFace's five landmarks (5, 2) of a face crop (RGB uint8), from dlib's 68 points."""
-    img = _rgb(img)
-    return arcface_points(_points(_model('sp68')(img, _rect(_crop_box(img)))))
+    return crop_face(img)[1]
 
 
 def realign(img, template='arcface', image_size=(112, 112)):
@@ -304,6 +313,6 @@ def realign(img, template='arcface', image_size=(112, 112)):
     if template == 'arcface':
         return align_face(img, crop_landmarks(img), image_size)
     if template == 'dlib-chip':
-        shape = _model('sp5')(img, _rect(_crop_box(img)))
+        shape = _model('sp5')(img, _rect(_crop_box(img)[0]))
         return _dlib().get_face_chip(img, shape, 150, 0.25)
     raise ValueError("template must be 'arcface' or 'dlib-chip', got %r" % (template,))

@@ -9,8 +9,10 @@
   enrolled face is searched against the others (leave one out), which gives mated trials (the
   person's other faces are still enrolled) and non-mated ones (the person left out entirely);
   the threshold maximises the mean of the two parts' accuracies. A gallery with too few
-  people of two or more faces falls back to the model's verification threshold, else to the
-  one that lets :data:`FALLBACK_FPIR` of the non-mated trials through.
+  people of two or more faces takes the threshold that lets :data:`FALLBACK_FPIR` of its
+  non-mated trials through, or the model's verification threshold where that is higher (a
+  verification threshold alone lets most strangers through: a stranger is compared with
+  every known person and keeps the best score).
 * :func:`identify_photo`: every face of a photo (or the one face of a crop) named or
   ``unknown``, with its box and similarity; faces too small to identify are reported as such.
 * :func:`evaluate_identification`: the 1:N protocol (IJB-B/C's definitions): closed-set CMC
@@ -38,10 +40,11 @@ UNKNOWN = 'unknown'
 #: A gallery is calibrated on its own faces when it has at least this many mated
 #: leave-one-out trials (faces of people with two or more) across at least 3 people.
 MIN_CALIBRATION = 8
-#: Without such trials and without a model threshold: the FPIR the threshold is set for.
-FALLBACK_FPIR = 0.01
+#: Without such trials: the threshold lets this fraction of the gallery's non-mated trials
+#: through, or is the model's verification threshold where that is higher.
+FALLBACK_FPIR = 0.1
 #: How a person's faces make their score (gallery.SCORINGS); measured in docs/identification.md.
-DEFAULT_SCORING = 'max'
+DEFAULT_SCORING = 'centroid'
 #: At most this many enrolled faces are left out in turn when calibrating (seeded sample).
 CALIBRATION_PROBES = 2000
 
@@ -207,10 +210,11 @@ def calibrate_threshold(gallery, scoring=DEFAULT_SCORING, model_threshold=None):
         return Threshold(t, 'calibrated', dict(
             mated_trials=int(mated.sum()), nonmated_trials=int(len(mated)), people=len(gallery),
             balanced_accuracy=bal, mated_accuracy=acc_m, nonmated_accuracy=acc_n, fpir=fpir))
-    if model_threshold is not None:
+    fallback = threshold_at_fpir(gallery, FALLBACK_FPIR, scoring, trials)
+    if model_threshold is not None and model_threshold > fallback.value:
         return Threshold(float(model_threshold), 'model', dict(
-            mated_trials=int(mated.sum()), people=len(gallery)))
-    return threshold_at_fpir(gallery, FALLBACK_FPIR, scoring, trials)
+            mated_trials=int(mated.sum()), people=len(gallery), fpir_threshold=fallback.value))
+    return fallback
 
 
 def threshold_at_fpir(gallery, fpir, scoring=DEFAULT_SCORING, trials=None):
@@ -400,94 +404,11 @@ def describe_threshold(threshold):
                    d['balanced_accuracy'], d['fpir']))
     elif threshold.rule == 'model':
         how = "the model's verification threshold (too few people with two or more faces " \
-              'to calibrate on the gallery)'
+              'to calibrate on the gallery; above the one at FPIR %g of its trials, %.4f)' % (
+                  FALLBACK_FPIR, d['fpir_threshold'])
     elif threshold.rule == 'fpir':
-        how = 'lets %.0f %% of %d non-mated trials of the gallery through (too few people with ' \
-              'two or more faces to calibrate, and no model threshold)' % (
-                  100 * d['fpir'], d['nonmated_trials'])
+        how = 'lets %.0f %% of %d non-mated trials of the gallery through (too few people ' \
+              'with two or more faces to calibrate)' % (100 * d['fpir'], d['nonmated_trials'])
     else:
         how = 'given'
     return 'threshold %.4f (cosine; %s)' % (threshold.value, how)
-
-
-class PixelEmbedder:
-    """Raw pixels as an embedder (the baseline a model must beat): a face becomes its crop at
-    ``image_size`` aligned to ArcFace's template (or the crop as it is, resized), flattened
-    and summed with its mirror image; same methods as FaceEmbedder's for identification."""
-
-    def __init__(self, image_size=(112, 112)):
-        self.image_size, self.template, self.threshold = tuple(image_size), 'arcface', None
-        self.model = dict(name='raw pixels', framing='arcface', image_size=list(image_size),
-                          emb_size=3 * image_size[0] * image_size[1])
-
-    def model_record(self):
-        return dict(self.model)
-
-    def _vectors(self, crops):
-        from ..data.images import resize_face
-        out = [resize_face(c, self.image_size).astype(np.float32) for c in crops]
-        out = [(c + c[:, ::-1]).reshape(-1) for c in out]
-        return np.stack(out) if out else np.zeros((0, self.model['emb_size']), np.float32)
-
-    def embed_faces(self, img, faces, batch_size=64):
-        from ..data.detect import align_photo
-        return self._vectors([align_photo(img, f, self.image_size) for f in faces])
-
-    def embed_crops(self, images, batch_size=64):
-        from .inference import load_photo
-        return self._vectors([load_photo(img) for img in images])
-
-
-def read_check(check_dir):
-    """An identification check folder (``known/``, ``probes/``, ``truth.json``; see
-    :func:`~gluon_arcface.data.id_split.write_identification_check`) -> ``(known folder,
-    [probe paths], [true names])``."""
-    truth = read_truth(os.path.join(check_dir, 'truth.json'))
-    names = sorted(truth)
-    return (os.path.join(check_dir, 'known'), [os.path.join(check_dir, 'probes', n)
-                                              for n in names], [truth[n] for n in names])
-
-
-def embed_check(check_dir, embedder, crops=True, progress=None):
-    """A check's gallery and probe embeddings with ``embedder`` -> ``(gallery, probes (N, D),
-    labels)``; probes are crops (``crops=True``) or photos (their largest face; none found:
-    a zero row, which scores 0 against everyone)."""
-    from ..data.detect import find_faces
-    from .inference import load_photo
-    known, paths, labels = read_check(check_dir)
-    gallery, _ = enrol(known, embedder, crops=crops, progress=progress)
-    rows = []
-    for path in paths:
-        if crops:
-            rows.append(embedder.embed_crops([path])[0])
-            continue
-        img = load_photo(path)
-        faces, _ = find_faces(img)
-        rows.append(embedder.embed_faces(img, faces[:1])[0] if faces
-                    else np.zeros(gallery.emb_size, np.float32))
-    return gallery, np.stack(rows), labels
-
-
-def compare_rules(gallery, probes, labels, model_threshold=None, scorings=None,
-                  fpirs=(0.01, 0.1)):
-    """Each scoring x threshold rule on one check -> list of dicts (``scoring``, ``rule``,
-    ``threshold`` and :func:`evaluate_identification`'s figures): the calibrated threshold,
-    the gallery's FPIR thresholds, the model's (when given), and, for reference only, the
-    best threshold on the probes themselves (``rule='oracle'``: optimistic)."""
-    from .gallery import SCORINGS
-    rows = []
-    for scoring in scorings or SCORINGS:
-        rules = [('calibrated', calibrate_threshold(gallery, scoring, None).value)]
-        rules += [('fpir %g' % f, threshold_at_fpir(gallery, f, scoring).value) for f in fpirs]
-        if model_threshold is not None:
-            rules.append(('model', float(model_threshold)))
-        base = evaluate_identification(gallery, probes, labels, None, scoring)
-        scores = gallery.person_scores(probes, scoring)
-        cands = np.unique(scores.max(axis=1))
-        best = max(cands, key=lambda t: evaluate_identification(
-            gallery, probes, labels, t, scoring)['open_set_accuracy'])
-        rules.append(('oracle', float(best)))
-        for rule, t in rules:
-            r = evaluate_identification(gallery, probes, labels, t, scoring)
-            rows.append(dict(base, **r, rule=rule))
-    return rows

@@ -33,9 +33,8 @@ __all__ = ['get_embedding', 'preprocess', 'embed_images', 'embed_files', 'cosine
 #: (docs/own_photos.md, "From your photos to a dataset"): dlib-resnet-v1's is the mean 10-fold
 #: threshold of its verification of Yale B photos pasted into larger frames, detected and
 #: aligned (the 129 of the first 300 pairs of yaleb_val.bin where both faces were found;
-#: scripts/measure_detection.py verification). Its faces aligned from their landmarks to dlib's
-#: chip (``align='landmarks'``) have nearly the same one: 0.916 (``verify.py --align
-#: landmarks``, yaleb_val, 10-fold).
+#: scripts/measure_detection.py verification). Face crops re-aligned to ArcFace's template from
+#: their landmarks (``prepare_data.py realign``) give 0.920 (yaleb_val, 10-fold).
 DEFAULT_THRESHOLDS = {'dlib-resnet-v1': 0.915}
 
 
@@ -113,24 +112,20 @@ class FaceEmbedder:
         self.model = dict(model or {})
 
     @classmethod
-    def load(cls, model, image_size=None, threshold=None, ctx=None, epoch=None, align=None):
+    def load(cls, model, image_size=None, threshold=None, ctx=None, epoch=None):
         """From anything :func:`~gluon_arcface.models.resolve.load_face_model` takes (a run
         folder, a named pretrained model, an exported model, an InsightFace checkpoint, an .onnx
         file). The input size comes from the model and the threshold from its ``model.json``
-        (when it holds one verification set's) unless given. ``align='landmarks'``: faces
-        reach the network aligned from their own landmarks to its native template (dlib's
-        chip for dlib's network, ArcFace's otherwise; see :func:`landmark_model`), as
-        ``verify.py --align landmarks`` does."""
+        (when it holds one verification set's) unless given. Faces aligned from their landmarks
+        (:meth:`embed_faces`, :meth:`embed_crops`) take ArcFace's template, which a named model
+        maps onto its own framing in its graph; dlib itself (``NAME@dlib``) takes its chip."""
         from ..models.interop import read_model_info
         from ..models.resolve import load_face_model, resolve_model
-        if align not in (None, 'landmarks'):
-            raise ValueError("align must be None or 'landmarks', got %r" % (align,))
         src = resolve_model(model, epoch)
-        if align:
-            net, model_size, template, source = landmark_model(src, ctx)
-        else:
-            net, model_size, source = load_face_model(src, ctx)
-            template = 'arcface'
+        net, model_size, source = load_face_model(src, ctx)
+        # dlib itself runs on its own chip; every other model takes ArcFace's template (a named
+        # model maps it onto its own framing in its graph)
+        template = 'dlib-chip' if src.kind == 'dlib-reference' else 'arcface'
         if threshold is None and not source.lower().endswith('.onnx'):
             thresholds = (read_model_info(source) or {}).get('cos_threshold') or {}
             if len(thresholds) == 1:

@@ -68,7 +68,7 @@ def group_photo(tmp_path_factory, portraits):
 
 @pytest.fixture(scope='module')
 def embedder():
-    return gaf.FaceEmbedder.load('dlib-resnet-v1', align='landmarks')
+    return gaf.FaceEmbedder.load('dlib-resnet-v1')
 
 
 def test_find_faces_gives_every_face_and_sets_small_ones_apart(portraits):
