@@ -97,7 +97,7 @@ def run_gallery_benchmark(sizes=(10_000, 100_000, 1_000_000), dim=128, batch=256
         one = rng.randn(1, dim).astype(np.float32)
         many = rng.randn(batch, dim).astype(np.float32)
         times = {name: dict(single=[], batched=[]) for name in cases}
-        for name, search in cases.items():  # warm-up (first-touch, thread pools)
+        for search in cases.values():  # warm-up (first-touch, thread pools)
             search(one), search(many)
         for _ in range(rounds):
             for name, search in cases.items():

@@ -412,3 +412,86 @@ def describe_threshold(threshold):
     else:
         how = 'given'
     return 'threshold %.4f (cosine; %s)' % (threshold.value, how)
+
+
+class PixelEmbedder:
+    """Raw pixels as an embedder (the baseline a model must beat): a face becomes its crop at
+    ``image_size`` aligned to ArcFace's template (or the crop as it is, resized), flattened
+    and summed with its mirror image; same methods as FaceEmbedder's for identification."""
+
+    def __init__(self, image_size=(112, 112)):
+        self.image_size, self.template, self.threshold = tuple(image_size), 'arcface', None
+        self.model = dict(name='raw pixels', framing='arcface', image_size=list(image_size),
+                          emb_size=3 * image_size[0] * image_size[1])
+
+    def model_record(self):
+        return dict(self.model)
+
+    def _vectors(self, crops):
+        from ..data.images import resize_face
+        out = [resize_face(c, self.image_size).astype(np.float32) for c in crops]
+        out = [(c + c[:, ::-1]).reshape(-1) for c in out]
+        return np.stack(out) if out else np.zeros((0, self.model['emb_size']), np.float32)
+
+    def embed_faces(self, img, faces, batch_size=64):
+        from ..data.detect import align_photo
+        return self._vectors([align_photo(img, f, self.image_size) for f in faces])
+
+    def embed_crops(self, images, batch_size=64):
+        from .inference import load_photo
+        return self._vectors([load_photo(img) for img in images])
+
+
+def read_check(check_dir):
+    """An identification check folder (``known/``, ``probes/``, ``truth.json``; see
+    :func:`~gluon_arcface.data.id_split.write_identification_check`) -> ``(known folder,
+    [probe paths], [true names])``."""
+    truth = read_truth(os.path.join(check_dir, 'truth.json'))
+    names = sorted(truth)
+    return (os.path.join(check_dir, 'known'), [os.path.join(check_dir, 'probes', n)
+                                              for n in names], [truth[n] for n in names])
+
+
+def embed_check(check_dir, embedder, crops=True, progress=None):
+    """A check's gallery and probe embeddings with ``embedder`` -> ``(gallery, probes (N, D),
+    labels)``; probes are crops (``crops=True``) or photos (their largest face; none found:
+    a zero row, which scores 0 against everyone)."""
+    from ..data.detect import find_faces
+    from .inference import load_photo
+    known, paths, labels = read_check(check_dir)
+    gallery, _ = enrol(known, embedder, crops=crops, progress=progress)
+    rows = []
+    for path in paths:
+        if crops:
+            rows.append(embedder.embed_crops([path])[0])
+            continue
+        img = load_photo(path)
+        faces, _ = find_faces(img)
+        rows.append(embedder.embed_faces(img, faces[:1])[0] if faces
+                    else np.zeros(gallery.emb_size, np.float32))
+    return gallery, np.stack(rows), labels
+
+
+def compare_rules(gallery, probes, labels, model_threshold=None, scorings=None,
+                  fpirs=(0.01, 0.1)):
+    """Each scoring x threshold rule on one check -> list of dicts (``scoring``, ``rule``,
+    ``threshold`` and :func:`evaluate_identification`'s figures): the calibrated threshold,
+    the gallery's FPIR thresholds, the model's (when given), and, for reference only, the
+    best threshold on the probes themselves (``rule='oracle'``: optimistic)."""
+    from .gallery import SCORINGS
+    rows = []
+    for scoring in scorings or SCORINGS:
+        rules = [('calibrated', calibrate_threshold(gallery, scoring, None).value)]
+        rules += [('fpir %g' % f, threshold_at_fpir(gallery, f, scoring).value) for f in fpirs]
+        if model_threshold is not None:
+            rules.append(('model', float(model_threshold)))
+        base = evaluate_identification(gallery, probes, labels, None, scoring)
+        scores = gallery.person_scores(probes, scoring)
+        cands = np.unique(scores.max(axis=1))
+        best = max(cands, key=lambda t: evaluate_identification(
+            gallery, probes, labels, t, scoring)['open_set_accuracy'])
+        rules.append(('oracle', float(best)))
+        for rule, t in rules:
+            r = evaluate_identification(gallery, probes, labels, t, scoring)
+            rows.append(dict(base, **r, rule=rule))
+    return rows
