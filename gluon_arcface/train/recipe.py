@@ -38,7 +38,7 @@ from ..runtime.threads import decoding_workers, describe_cpu, disable_amx, threa
 from .training import make_test_net, train_ch_facerec
 from ..eval.verification import format_table, verify, verify_pixels
 
-__all__ = ['resolve_data_dir', 'fit']
+__all__ = ['resolve_data_dir', 'fit', 'prefer_zero_shot']
 
 HOLDOUT = 'holdout'  # the verification set of held-out training identities
 HOLDOUT_PAIRS = 600  # enough to rank epochs, verified in seconds
@@ -283,6 +283,10 @@ def _train(c, ctx, kv, group, log):
     plot_history(history, os.path.join(output, 'curves.png'), title='%s, %s' % (name, loss))
     if held:
         metrics['kept'] = _keep_best(net, options['checkpoint_dir'], ctx, log)
+        if HOLDOUT in zero_shot:
+            metrics['kept'] = _keep_or_zero_shot(net, source, metrics['kept'], zero_shot[HOLDOUT],
+                                                 val_set[HOLDOUT], ctx, batch_size, log,
+                                                 options['checkpoint_dir'])
     test_net = make_test_net(net)
     if c.amp and amp_dtype(ctx)[0] != 'float32':
         set_compute_dtype(test_net, amp_dtype(ctx)[0])  # as verified during training
@@ -385,6 +389,44 @@ def _verify_all(val_set, test_net, ctx, batch_size, log, what):
     results = {t: verify(d, test_net, ctx, batch_size=batch_size) for t, d in val_set.items()}
     log('%s: %s' % (what, '  '.join('%s %.4f' % (t, r.accuracy) for t, r in results.items())))
     return results
+
+
+def prefer_zero_shot(tuned, zero, num_folds=10):
+    """Whether a fine-tuned network should give way to the pretrained one it started from,
+    judged on the held-out identities' verification (two VerificationResults) -> ``(bool,
+    reason)``: unless its 10-fold accuracy gains more than the noise of that difference (the
+    standard error sqrt(std_a^2 + std_b^2) / sqrt(folds)) and its TAR at FAR 1e-3 is no lower,
+    the pretrained network is kept."""
+    noise = float(np.hypot(tuned.std, zero.std) / np.sqrt(num_folds))
+    gain = tuned.accuracy - zero.accuracy
+    if gain <= noise:
+        return True, ('held-out accuracy %+.2f points, within its noise (%.2f)'
+                      % (100 * gain, 100 * noise))
+    if tuned.tar_at_far < zero.tar_at_far:
+        return True, ('held-out TAR at FAR %g %.3f, below the pretrained network\'s %.3f'
+                      % (tuned.far_target, tuned.tar_at_far, zero.tar_at_far))
+    return False, ('held-out accuracy %+.2f points (noise %.2f), TAR %.3f >= %.3f'
+                   % (100 * gain, 100 * noise, tuned.tar_at_far, zero.tar_at_far))
+
+
+def _keep_or_zero_shot(net, source, kept, zero, held_set, ctx, batch_size, log, checkpoint_dir):
+    """After fine-tuning: the kept epoch, or the pretrained backbone back in ``net`` (and in
+    ``best.params``, what ``--pretrained RUN`` starts from) when :func:`prefer_zero_shot` says
+    so -> the ``kept`` record with the decision."""
+    tuned = verify(held_set, make_test_net(net), ctx, batch_size=batch_size)
+    back, reason = prefer_zero_shot(tuned, zero)
+    if back:
+        _load_pretrained(net, source)
+        ckpt.save_best(checkpoint_dir, net, dict(epoch=0, accuracy=zero.accuracy,
+                                                 zero_shot=True, reason=reason))
+        log('kept the pretrained network (zero-shot): fine-tuning\'s %s' % reason)
+    else:
+        log('kept the fine-tuned network: %s' % reason)
+    return dict(kept or {}, zero_shot_kept=back, reason=reason,
+                holdout_tuned=dict(accuracy=tuned.accuracy, std=tuned.std,
+                                   tar_at_far_1e_3=tuned.tar_at_far),
+                holdout_zero_shot=dict(accuracy=zero.accuracy, std=zero.std,
+                                       tar_at_far_1e_3=zero.tar_at_far))
 
 
 def _keep_best(net, checkpoint_dir, ctx, log):

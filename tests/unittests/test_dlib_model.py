@@ -275,9 +275,12 @@ def test_recipe_finetune_runs_keeps_its_best_epoch_and_round_trips(tmp_path, syn
     metrics = json.load(open(tmp_path / 'run' / 'metrics.json'))
     row = metrics['verification'][SYNTHETIC_VAL]
     assert 0.0 <= row['zero_shot_accuracy'] <= 1.0 and 'accuracy' in row
-    assert metrics['kept']['epoch'] in (1, 2)
+    assert metrics['kept']['epoch'] in (0, 1, 2)  # 0: the pretrained network kept
     assert all('holdout' in e['verification'] for e in metrics['epochs'])
     assert '(zero-shot)' in out.stdout and 'kept epoch' in out.stdout
+    assert ('kept the pretrained network' in out.stdout) == metrics['kept']['zero_shot_kept']
+    if metrics['kept']['zero_shot_kept']:  # the same network verifies the same
+        assert row['accuracy'] == row['zero_shot_accuracy']
     saved = read_run_config(str(tmp_path / 'run'))
     again = resolve_config(saved=saved)
     for key, value in RECIPES['finetune'].items():
@@ -326,3 +329,39 @@ def test_geometry_is_chosen_per_call_and_only_for_named_models(tmp_path):
         atol=1e-6)
     with pytest.raises(ConfigError, match='named pretrained model'):
         load_face_model(str(tmp_path / 'model'), geometry='resize')
+
+
+def test_fine_tuning_that_cannot_help_keeps_the_pretrained_network(tmp_path, synthetic_faces):
+    """--recipe finetune with a learning rate of 0: the held-out people verify exactly as
+    before, which is no gain beyond noise, so the run keeps and exports dlib's network."""
+    from test_cli import run_train  # noqa: E402 - the shared helper
+    from gluon_arcface.data.synthetic import SYNTHETIC_VAL
+    data = synthetic_faces(10, 6, 4, 10, 32, seed=4)
+    out = run_train('--recipe', 'finetune', '--data-dir', data, '--val-targets', SYNTHETIC_VAL,
+                    '--epochs', '2', '--batch-size', '16', '--lr', '0', '--no-progress',
+                    '--num-workers', '1', '--seed', '0', '--output', str(tmp_path / 'run'))
+    assert out.returncode == 0, out.stderr[-3000:]
+    kept = json.load(open(tmp_path / 'run' / 'metrics.json'))['kept']
+    assert kept['zero_shot_kept'] and 'within its noise' in kept['reason']
+    assert json.load(open(tmp_path / 'run' / 'checkpoints' / 'best.json'))['zero_shot']
+    net, size, _ = __import__('gluon_arcface').load_face_model(str(tmp_path / 'run'))
+    x = mx.np.array(onp.random.RandomState(2).uniform(0, 1, (2, 3, 32, 32)).astype('float32'))
+    ref = model_zoo.get_pretrained('dlib-resnet-v1', image_size=(32, 32))(x).asnumpy()
+    onp.testing.assert_allclose(net(x).asnumpy(), ref, atol=1e-5)
+
+
+def test_the_rule_between_fine_tuned_and_pretrained():
+    from types import SimpleNamespace as R
+    from gluon_arcface.train.recipe import prefer_zero_shot
+    zero = R(accuracy=0.80, std=0.05, tar_at_far=0.30, far_target=1e-3)
+    # +3 points with stds of 5: the noise of the difference is 2.2 points: a real gain.
+    assert not prefer_zero_shot(R(accuracy=0.83, std=0.05, tar_at_far=0.35, far_target=1e-3),
+                                zero)[0]
+    # +2 points: within the noise.
+    back, why = prefer_zero_shot(R(accuracy=0.82, std=0.05, tar_at_far=0.35, far_target=1e-3),
+                                 zero)
+    assert back and 'within its noise' in why
+    # A real accuracy gain with a lower TAR at FAR 1e-3: the pretrained network stays.
+    back, why = prefer_zero_shot(R(accuracy=0.86, std=0.05, tar_at_far=0.20, far_target=1e-3),
+                                 zero)
+    assert back and 'TAR' in why
