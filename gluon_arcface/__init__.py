@@ -69,13 +69,14 @@ _EXPORTS = {
     'identification': ['enrol', 'calibrate_threshold', 'identify_photo', 'identify_embeddings',
                        'evaluate_identification', 'IdentifiedFace', 'PhotoResult', 'Threshold'],
     'id_split': ['write_identification_check'],
+    'realign': ['realign_dataset', 'realign_crop'],
     'model_zoo': ['get_pretrained', 'PRETRAINED_MODELS'],
     'resolve': ['ModelSource', 'resolve_model', 'load_face_model'],
     'pretrained': ['load_backbone', 'faceresnet_from_model'],
     'dlib_resnet': ['DlibResNet', 'load_dlib_resnet', 'export_dlib_onnx'],
     'dlib_dat': ['read_dat', 'DatError'],
     'detect': ['detect_faces', 'crop_landmarks', 'realign', 'align_photo', 'Face', 'find_face',
-               'find_faces', 'NoFaceError'],
+               'find_faces', 'crop_face', 'NoFaceError'],
     'threads': ['configure_threads', 'thread_info'],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -83,7 +84,7 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _STAGES = {
     'runtime': ('cli', 'devices', 'errors', 'fileio', 'threads'),
     'data': ('align', 'augment', 'binfile', 'check', 'datasets', 'detect', 'hub', 'id_split',
-             'images', 'pasted_faces', 'prepare', 'recordio', 'synthetic'),
+             'images', 'pasted_faces', 'prepare', 'realign', 'recordio', 'synthetic'),
     'nn': ('dlib_dat', 'dlib_resnet', 'embed', 'margin', 'model', 'precision'),
     'models': ('checkpoint', 'interop', 'model_zoo', 'onnx_io', 'pretrained', 'resolve'),
     'eval': ('gallery', 'identification', 'inference', 'plotting', 'verification'),

@@ -353,15 +353,18 @@ def test_fine_tuning_that_cannot_help_keeps_the_pretrained_network(tmp_path, syn
 def test_the_rule_between_fine_tuned_and_pretrained():
     from types import SimpleNamespace as R
     from gluon_arcface.train.recipe import prefer_zero_shot
-    zero = R(accuracy=0.80, std=0.05, tar_at_far=0.30, far_target=1e-3)
+
+    def res(acc, tar):
+        return R(accuracy=acc, std=0.05, tar_at_far=tar, tar_std=0.05, far_target=1e-3)
+    zero = res(0.80, 0.30)
     # +3 points with stds of 5: the noise of the difference is 2.2 points: a real gain.
-    assert not prefer_zero_shot(R(accuracy=0.83, std=0.05, tar_at_far=0.35, far_target=1e-3),
-                                zero)[0]
+    assert not prefer_zero_shot(res(0.83, 0.35), zero, negatives=300)[0]
     # +2 points: within the noise.
-    back, why = prefer_zero_shot(R(accuracy=0.82, std=0.05, tar_at_far=0.35, far_target=1e-3),
-                                 zero)
+    back, why = prefer_zero_shot(res(0.82, 0.35), zero, negatives=300)
     assert back and 'within its noise' in why
-    # A real accuracy gain with a lower TAR at FAR 1e-3: the pretrained network stays.
-    back, why = prefer_zero_shot(R(accuracy=0.86, std=0.05, tar_at_far=0.20, far_target=1e-3),
-                                 zero)
+    # A lower TAR at FAR 1e-3 counts only where the pairs resolve that FAR (1000 a fold).
+    back, why = prefer_zero_shot(res(0.86, 0.20), zero, negatives=300)
+    assert not back and 'not judged' in why
+    back, why = prefer_zero_shot(res(0.86, 0.20), zero, negatives=20000)
     assert back and 'TAR' in why
+    assert not prefer_zero_shot(res(0.86, 0.29), zero, negatives=20000)[0]  # within noise
