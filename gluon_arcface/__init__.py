@@ -69,7 +69,7 @@ _EXPORTS = {
     'identification': ['enrol', 'calibrate_threshold', 'identify_photo', 'identify_embeddings',
                        'evaluate_identification', 'IdentifiedFace', 'PhotoResult', 'Threshold'],
     'id_split': ['write_identification_check'],
-    'realign': ['realign_dataset', 'realign_crop'],
+    'realigning': ['realign_dataset', 'realign_crop'],
     'model_zoo': ['get_pretrained', 'PRETRAINED_MODELS'],
     'resolve': ['ModelSource', 'resolve_model', 'load_face_model'],
     'pretrained': ['load_backbone', 'faceresnet_from_model'],
@@ -84,7 +84,7 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _STAGES = {
     'runtime': ('cli', 'devices', 'errors', 'fileio', 'threads'),
     'data': ('align', 'augment', 'binfile', 'check', 'datasets', 'detect', 'hub', 'id_split',
-             'images', 'pasted_faces', 'prepare', 'realign', 'recordio', 'synthetic'),
+             'images', 'pasted_faces', 'prepare', 'realigning', 'recordio', 'synthetic'),
     'nn': ('dlib_dat', 'dlib_resnet', 'embed', 'margin', 'model', 'precision'),
     'models': ('checkpoint', 'interop', 'model_zoo', 'onnx_io', 'pretrained', 'resolve'),
     'eval': ('gallery', 'identification', 'inference', 'plotting', 'verification'),

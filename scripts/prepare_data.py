@@ -134,7 +134,7 @@ def run(args):
             overwrite=args.overwrite, progress=not args.no_progress)
         print(prepare.format_summary(summary))
     elif args.command == 'realign':
-        from gluon_arcface.data.realign import realign_dataset
+        from gluon_arcface.data.realigning import realign_dataset
         summary = realign_dataset(args.src, args.out, jpeg_quality=args.jpeg_quality,
                                   progress=not args.no_progress)
         print('%s: %d images of %d identities re-aligned to ArcFace\'s template; %s; %d crops '
