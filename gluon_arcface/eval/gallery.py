@@ -191,7 +191,9 @@ class FaceGallery:
         return self
 
     # ------------------------------------------------------------------ search
-    def _starts(self):
+    def person_starts(self):
+        """(P,) int: the first row of each person in :attr:`embeddings` (rows are contiguous
+        per person, in :attr:`names` order)."""
         if 'starts' not in self._cache:
             self._cache['starts'] = np.searchsorted(self._owner, np.arange(len(self.names)))
         return self._cache['starts']
@@ -202,7 +204,7 @@ class FaceGallery:
         if scoring not in ('mean', 'centroid'):
             raise ValueError("templates are for scoring 'mean' or 'centroid', got %r" % (scoring,))
         if scoring not in self._cache:
-            sums = np.add.reduceat(self._emb.astype(np.float64), self._starts(), axis=0)
+            sums = np.add.reduceat(self._emb.astype(np.float64), self.person_starts(), axis=0)
             mean = sums / self.counts()[:, None]
             if scoring == 'centroid':
                 mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
@@ -240,7 +242,7 @@ class FaceGallery:
             for p0 in range(0, len(t), CHUNK_ROWS):
                 yield slice(p0, p0 + CHUNK_ROWS), t[p0:p0 + CHUNK_ROWS], None
             return
-        starts = self._starts()
+        starts = self.person_starts()
         ends = np.append(starts[1:], len(self._owner))
         p0 = 0
         while p0 < len(starts):

@@ -143,28 +143,27 @@ def loo_trials(gallery, scoring='max', max_probes=CALIBRATION_PROBES, seed=0):
     (rank 1 among the people is the owner), ``genuine`` (the owner's score without this face;
     -inf when not mated), ``impostor`` (the best score of another person)."""
     emb, owner = gallery.embeddings, gallery.owner
-    counts = gallery.counts()
+    counts, starts = gallery.counts(), gallery.person_starts()
     rows = np.arange(len(owner))
     if len(rows) > max_probes:
         rows = np.sort(np.random.RandomState(seed).choice(rows, max_probes, replace=False))
     probes = emb[rows]
-    if scoring == 'max':
-        scores = probes @ emb.T
-        scores[np.arange(len(rows)), rows] = -np.inf
-        starts = np.searchsorted(owner, np.arange(len(gallery.names)))
-        person = np.maximum.reduceat(scores, starts, axis=1)
-    else:
-        sums = np.add.reduceat(emb.astype(np.float64), np.searchsorted(
-            owner, np.arange(len(gallery.names))), axis=0)
-        person = (probes @ gallery.templates(scoring).T).astype(np.float64)
-        own = sums[owner[rows]] - probes
-        n_left = counts[owner[rows]] - 1
-        with np.errstate(invalid='ignore', divide='ignore'):
-            own = own / np.maximum(n_left, 1)[:, None]
+    person = gallery.person_scores(probes, scoring).astype(np.float64)  # with the face itself
+    sums = gallery.templates('mean').astype(np.float64) * counts[:, None] \
+        if scoring != 'max' else None
+    for i, r in enumerate(rows):  # the face's own person scored without it
+        p = owner[r]
+        if counts[p] == 1:
+            person[i, p] = -np.inf
+        elif scoring == 'max':
+            s = emb[starts[p]:starts[p] + counts[p]] @ probes[i]
+            s[r - starts[p]] = -np.inf
+            person[i, p] = s.max()
+        else:
+            rest = (sums[p] - probes[i]) / (counts[p] - 1)
             if scoring == 'centroid':
-                own /= np.maximum(np.linalg.norm(own, axis=1, keepdims=True), 1e-12)
-        person[np.arange(len(rows)), owner[rows]] = np.where(
-            n_left > 0, np.sum(probes * own, axis=1), -np.inf)
+                rest /= max(np.linalg.norm(rest), 1e-12)
+            person[i, p] = float(probes[i] @ rest)
     mine = owner[rows]
     genuine = person[np.arange(len(rows)), mine].copy()
     others = person.copy()
