@@ -58,6 +58,10 @@ def realign_dataset(src_dir, out_dir, image_size=(112, 112), jpeg_quality=95, pr
     src_dir = os.fspath(src_dir)
     if os.path.abspath(src_dir) == os.path.abspath(os.fspath(out_dir)):
         raise FaceDataError(out_dir, 'the realigned dataset must be a new folder, not SRC')
+    if os.path.isfile(os.path.join(src_dir, 'realigned.tsv')):
+        raise FaceDataError(src_dir, 'already re-aligned by prepare_data.py realign (it holds '
+                            'realigned.tsv); re-aligning again moves the crops whose face '
+                            'dlib does not detect')
     dataset = open_face_dataset(src_dir)
     kept, counts = [], {}
     bins = sorted(f for f in os.listdir(src_dir) if f.endswith('.bin'))

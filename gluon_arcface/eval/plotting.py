@@ -119,6 +119,8 @@ def plot_cmc(results, path, title=None):
         if cmc:
             ax.plot(np.arange(1, len(cmc) + 1), cmc, 'o-', markersize=3,
                     label='%s: rank-1 %.1f %%' % (name, 100 * cmc[0]))
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel('rank')
     ax.set_ylabel('identification rate (mated probes)')
     ax.set_ylim(0.0, 1.01)

@@ -110,6 +110,10 @@ def test_realign_keeps_every_identity_image_and_pair(framed_elsewhere, tmp_path,
         found, pts = detect.crop_face(img)
         if found:
             assert onp.abs(pts - ARCFACE_TEMPLATE).mean() < 5.0, k
+    # A realigned dataset is not realigned again.
+    status = load_script('prepare_data').main(['realign', str(out), str(tmp_path / 'twice'),
+                                               '--no-progress'])
+    assert status == 1 and 'already re-aligned' in capsys.readouterr().err
     # OUT that exists and holds something is never overwritten.
     status = load_script('prepare_data').main(['realign', str(framed_elsewhere), str(out),
                                                '--no-progress'])
