@@ -68,7 +68,7 @@ _EXPORTS = {
     'gallery': ['FaceGallery'],
     'identification': ['enrol', 'calibrate_threshold', 'identify_photo', 'identify_embeddings',
                        'evaluate_identification', 'IdentifiedFace', 'PhotoResult', 'Threshold'],
-    'id_split': ['write_identification_check'],
+    'id_split': ['write_identification_check', 'write_dataset_variant'],
     'realigning': ['realign_dataset', 'realign_crop'],
     'model_zoo': ['get_pretrained', 'PRETRAINED_MODELS'],
     'resolve': ['ModelSource', 'resolve_model', 'load_face_model'],
@@ -87,7 +87,8 @@ _STAGES = {
              'images', 'pasted_faces', 'prepare', 'realigning', 'recordio', 'synthetic'),
     'nn': ('dlib_dat', 'dlib_resnet', 'embed', 'margin', 'model', 'precision'),
     'models': ('checkpoint', 'interop', 'model_zoo', 'onnx_io', 'pretrained', 'resolve'),
-    'eval': ('gallery', 'identification', 'inference', 'plotting', 'verification'),
+    'eval': ('gallery', 'gallery_bench', 'identification', 'inference', 'plotting',
+             'verification'),
     'train': ('benchmark', 'config', 'distributed', 'launcher', 'parallel', 'recipe',
               'schedules', 'training'),
 }

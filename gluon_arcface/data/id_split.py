@@ -1,4 +1,5 @@
-"""A 1:N identification check made from a dataset: known people, probes and their truth.
+"""Checks made from a dataset: a 1:N identification check (known people, probes and their
+truth), and a variant of a dataset whose crops look like faces from elsewhere.
 
 :func:`write_identification_check` splits a dataset folder's people (train.rec or identity
 folders; names from ``identities.tsv``) into *known* ones, whose first photos are enrolled
@@ -23,7 +24,8 @@ from ..runtime.errors import FaceDataError
 from .datasets import dataset_people
 from ..runtime.fileio import atomic_write, write_json
 
-__all__ = ['write_identification_check', 'VARIANTS', 'degrade', 'recrop']
+__all__ = ['write_identification_check', 'write_dataset_variant', 'VARIANTS', 'degrade',
+           'recrop']
 
 VARIANTS = ('none', 'degraded', 'recropped')
 
@@ -112,3 +114,36 @@ def write_identification_check(data_dir, out_dir, known=None, gallery_per_person
     mated = sum(1 for v in truth.values() if v != 'unknown')
     return dict(known=n_known, strangers=len(people) - n_known, gallery=n_known
                 * gallery_per_person, mated_probes=mated, nonmated_probes=len(truth) - mated)
+
+
+def write_dataset_variant(data_dir, out_dir, variant, seed=0, jpeg_quality=95):
+    """A copy of a dataset folder (train.rec or identity folders, and every ``.bin``) with
+    each image changed by ``variant`` ('degraded' or 'recropped', module notes; seeded per
+    image, the same identities and pairs in order) -> ``out_dir``, which must not exist."""
+    import cv2
+    from .binfile import read_bin, write_bin
+    from .datasets import open_face_dataset, write_property
+    from .images import decode_image
+    from .recordio import FaceRecWriter
+    change = {'degraded': degrade, 'recropped': recrop}.get(variant)
+    if change is None:
+        raise ValueError("variant must be 'degraded' or 'recropped', got %r" % (variant,))
+    if os.path.exists(out_dir):
+        raise FaceDataError(out_dir, 'already exists: give a new folder')
+    rng = np.random.RandomState(seed)
+
+    def encode(img):
+        return cv2.imencode('.jpg', np.ascontiguousarray(change(img, rng)[:, :, ::-1]),
+                            [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tobytes()
+    dataset = open_face_dataset(data_dir)
+    os.makedirs(out_dir)
+    items = sorted(((int(dataset[i][1]), i) for i in range(len(dataset))))
+    writer = FaceRecWriter(os.path.join(out_dir, 'train.rec'))
+    for label, i in items:
+        writer.add(label, encode(dataset[i][0].asnumpy()))
+    writer.close()
+    write_property(out_dir, dataset.num_classes, dataset.image_size, len(items))
+    for name in sorted(f for f in os.listdir(data_dir) if f.endswith('.bin')):
+        images, issame = read_bin(os.path.join(data_dir, name))
+        write_bin(os.path.join(out_dir, name), [encode(decode_image(b)) for b in images], issame)
+    return out_dir
