@@ -33,7 +33,7 @@ from ..runtime.errors import ConfigError, FaceDataError
 from ..runtime.fileio import atomic_write
 
 __all__ = ['FaceGallery', 'SCORINGS', 'GALLERY_FORMAT', 'GALLERY_VERSION', 'PROBE_BLOCK',
-           'CHUNK_ROWS',
+           'CHUNK_ROWS', 'merge_top_k',
            'same_model']
 
 SCORINGS = ('max', 'mean', 'centroid')
@@ -55,6 +55,19 @@ def same_model(a, b):
 
 def _describe(model):
     return ', '.join('%s %s' % (k, model[k]) for k in MODEL_KEYS if model.get(k) is not None)
+
+
+def merge_top_k(best_i, best_s, scores, offset, k):
+    """A running top k over blocks of columns: the best ``k`` of ``(best_i, best_s)`` (N, <=k)
+    and of a block of ``scores`` (N, n) whose column 0 is index ``offset`` -> ``(indices,
+    scores)``, best first (ties in index order)."""
+    kk = min(k, scores.shape[1])
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < scores.shape[1] else \
+        np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, 1)], 1)
+    cand_i = np.concatenate([best_i, part + offset], 1)
+    keep = np.argsort(-cand_s, axis=1, kind='stable')[:, :k]
+    return np.take_along_axis(cand_i, keep, 1), np.take_along_axis(cand_s, keep, 1)
 
 
 class FaceGallery:
@@ -282,15 +295,8 @@ class FaceGallery:
             best_i = np.zeros((len(q), 0), np.int64)
             best_s = np.zeros((len(q), 0), np.float32)
             for people, rows, local in self._blocks(scoring):
-                s = self._block_scores(q, rows, local)
-                kk = min(k, s.shape[1])
-                part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else \
-                    np.broadcast_to(np.arange(s.shape[1]), s.shape)
-                cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)
-                cand_i = np.concatenate([best_i, part + people.start], 1)
-                keep = np.argsort(-cand_s, axis=1, kind='stable')[:, :k]
-                best_s = np.take_along_axis(cand_s, keep, 1)
-                best_i = np.take_along_axis(cand_i, keep, 1)
+                best_i, best_s = merge_top_k(best_i, best_s, self._block_scores(q, rows, local),
+                                             people.start, k)
             idx[i:i + PROBE_BLOCK], top[i:i + PROBE_BLOCK] = best_i, best_s
         return idx, top
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .gallery import FaceGallery
+from .gallery import FaceGallery, merge_top_k
 
 __all__ = ['memory_bandwidth', 'gallery_cases', 'run_gallery_benchmark', 'format_gallery_report']
 
@@ -41,16 +41,11 @@ def _random_gallery(n, dim, per_person, seed):
 
 def _float16_search(emb16, probes, k, block=1 << 16):
     """Top-k entries with the gallery stored as float16, converted a block at a time."""
-    best_s = np.full((len(probes), k), -np.inf, np.float32)
-    best_i = np.zeros((len(probes), k), np.int64)
+    best_i = np.zeros((len(probes), 0), np.int64)
+    best_s = np.zeros((len(probes), 0), np.float32)
     for start in range(0, len(emb16), block):
         s = probes @ emb16[start:start + block].astype(np.float32).T
-        kk = min(k, s.shape[1])
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)
-        cand_i = np.concatenate([best_i, part + start], 1)
-        top = np.argsort(-cand_s, 1)[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
+        best_i, best_s = merge_top_k(best_i, best_s, s, start, k)
     return best_i, best_s
 
 
